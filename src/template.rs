@@ -1,0 +1,192 @@
+//! The template language: one minijinja environment (strict undefined, no auto-escaping)
+//! shared by validate, plan and run, plus the static analysis the validator needs
+//! (variable references and filter names of a template, without rendering it).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use minijinja::{Environment, UndefinedBehavior};
+
+/// The environment every pipeline template is compiled and rendered in.
+pub fn environment() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        // A reference to something that does not exist is an error, never "".
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        env
+    })
+}
+
+/// A template error with the byte range it concerns inside the template text.
+#[derive(Debug, Clone)]
+pub struct TemplateError {
+    pub message: String,
+    pub range: Option<std::ops::Range<usize>>,
+}
+
+impl From<minijinja::Error> for TemplateError {
+    fn from(e: minijinja::Error) -> Self {
+        let message = e
+            .detail()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.kind().to_string());
+        TemplateError {
+            message,
+            range: e.range(),
+        }
+    }
+}
+
+/// What a template refers to: dotted variable paths (`params.year`,
+/// `steps.aggregate.outputs.ResultDatasetName`) and filter names.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateRefs {
+    pub variables: Vec<String>,
+    pub filters: Vec<String>,
+}
+
+/// Parses `text` as a template and lists what it refers to.
+pub fn analyze_template(text: &str) -> Result<TemplateRefs, TemplateError> {
+    if !text.contains("{{") && !text.contains("{%") {
+        return Ok(TemplateRefs::default());
+    }
+    let tmpl = environment().template_from_str(text)?;
+    let mut variables: Vec<String> = tmpl.undeclared_variables(true).into_iter().collect();
+    variables.sort();
+    Ok(TemplateRefs {
+        variables,
+        filters: filter_names(text, true),
+    })
+}
+
+/// Parses `text` as an expression (`when`, `for_each.expr`) and lists what it refers to.
+pub fn analyze_expression(text: &str) -> Result<TemplateRefs, TemplateError> {
+    let expr = environment().compile_expression(text)?;
+    let mut variables: Vec<String> = expr.undeclared_variables(true).into_iter().collect();
+    variables.sort();
+    Ok(TemplateRefs {
+        variables,
+        filters: filter_names(text, false),
+    })
+}
+
+/// Whether the environment knows a filter, asked of minijinja itself so that the answer
+/// follows its version and features.
+pub fn filter_exists(name: &str) -> bool {
+    static CACHE: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Ok(guard) = cache.lock()
+        && let Some(known) = guard.get(name)
+    {
+        return *known;
+    }
+    let probe = format!("{{{{ none | {name} }}}}");
+    let known = match environment().render_str(&probe, ()) {
+        Ok(_) => true,
+        Err(e) => e.kind() != minijinja::ErrorKind::UnknownFilter,
+    };
+    if let Ok(mut guard) = cache.lock() {
+        guard.insert(name.to_string(), known);
+    }
+    known
+}
+
+/// Names of the filters a template applies: identifiers after a `|` inside `{{ }}` or
+/// `{% %}` blocks (or anywhere, for a bare expression), outside string literals.
+fn filter_names(text: &str, template: bool) -> Vec<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut in_block = !template;
+    let mut quote: Option<u8> = None;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !in_block {
+            if b == b'{' && matches!(bytes.get(i + 1), Some(b'{') | Some(b'%')) {
+                in_block = true;
+                i += 2;
+                continue;
+            }
+            i += 1;
+            continue;
+        }
+        if let Some(q) = quote {
+            if b == b'\\' {
+                i += 2;
+                continue;
+            }
+            if b == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' | b'\'' => quote = Some(b),
+            b'}' | b'%' if template && bytes.get(i + 1) == Some(&b'}') => {
+                in_block = false;
+                i += 2;
+                continue;
+            }
+            b'|' => {
+                let mut j = i + 1;
+                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                let start = j;
+                while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_') {
+                    j += 1;
+                }
+                if j > start {
+                    out.push(text[start..j].to_string());
+                }
+                i = j;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_nested_references_and_filters() {
+        let refs = analyze_template(
+            "{{ steps.agg.outputs.ResultDatasetName | upper }}-{{ params.year|int }}-{{ 'a|b' }}",
+        )
+        .unwrap();
+        assert_eq!(
+            refs.variables,
+            vec!["params.year", "steps.agg.outputs.ResultDatasetName"]
+        );
+        assert_eq!(refs.filters, vec!["int", "upper"]);
+    }
+
+    #[test]
+    fn plain_text_is_not_parsed() {
+        let refs = analyze_template("lhb | daily").unwrap();
+        assert!(refs.variables.is_empty() && refs.filters.is_empty());
+    }
+
+    #[test]
+    fn knows_builtin_filters_only() {
+        assert!(filter_exists("upper"));
+        assert!(filter_exists("default"));
+        assert!(!filter_exists("uppercase"));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_range() {
+        let err = analyze_template("x {{ params.year + }}").unwrap_err();
+        assert!(err.range.is_some(), "{err:?}");
+    }
+}
