@@ -89,7 +89,8 @@ pub fn resolve_params(
                 _ => d.clone(),
             };
             ordered.insert(name.clone(), v);
-        } else {
+        } else if !seen.contains(name.as_str()) {
+            // (A value given but refused is reported above, not as missing.)
             missing.push(name.clone());
         }
     }
@@ -210,17 +211,15 @@ pub fn plan(checked: &CheckedPipeline, params: &IndexMap<String, Value>) -> Plan
         "trigger": "manual",
     })));
     let event = TValue::from_object(Placeholder("event".into()));
-    let mut steps_ctx: IndexMap<String, TValue> = IndexMap::new();
+    let steps_ctx: Arc<std::sync::RwLock<IndexMap<String, TValue>>> = Arc::default();
     let mut planned: Vec<Option<PlannedStep>> = vec![None; p.steps.len()];
     for i in order {
         let step = &p.steps[i];
         let mut notes = Vec::new();
-        let steps_value = TValue::from(
-            steps_ctx
-                .clone()
-                .into_iter()
-                .collect::<std::collections::BTreeMap<_, _>>(),
-        );
+        let steps_value = TValue::from_object(StepsSoFar {
+            len: steps_ctx.read().map_or(0, |m| m.len()),
+            all: Arc::clone(&steps_ctx),
+        });
         let base = minijinja::context! {
             params => params_value.clone(),
             steps => steps_value,
@@ -263,7 +262,7 @@ pub fn plan(checked: &CheckedPipeline, params: &IndexMap<String, Value>) -> Plan
             .iter()
             .map(|(k, t)| (k.clone(), render(env, t, &ctx, &mut notes)))
             .collect();
-        steps_ctx.insert(
+        steps_ctx.write().unwrap_or_else(|e| e.into_inner()).insert(
             step.id.clone(),
             TValue::from_object(StepView {
                 id: step.id.clone(),
@@ -323,6 +322,31 @@ fn render(
 
 fn mentions_placeholder(v: &TValue) -> bool {
     v.as_str().is_some_and(|s| s.starts_with("<run-time"))
+}
+
+/// `steps` in plan context: the steps planned so far (the first `len` entries of a
+/// shared, append-only map), a map sorted by id as seen from templates. Shared rather
+/// than copied for each step, which was quadratic in time and memory on big pipelines.
+#[derive(Debug)]
+struct StepsSoFar {
+    all: Arc<std::sync::RwLock<IndexMap<String, TValue>>>,
+    len: usize,
+}
+
+impl Object for StepsSoFar {
+    fn get_value(self: &Arc<Self>, key: &TValue) -> Option<TValue> {
+        let all = self.all.read().ok()?;
+        let (i, _, v) = all.get_full(key.as_str()?)?;
+        (i < self.len).then(|| v.clone())
+    }
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let Ok(all) = self.all.read() else {
+            return Enumerator::Empty;
+        };
+        let mut keys: Vec<&String> = all.keys().take(self.len).collect();
+        keys.sort();
+        Enumerator::Values(keys.into_iter().map(|k| TValue::from(k.as_str())).collect())
+    }
 }
 
 /// `steps.<id>` in plan context: rendered parameters are known; everything the job

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::model::{ParamType, Pipeline, Step};
-use super::yaml::{Node, NodeValue, Pos, pointer_escape};
-use crate::diagnostic::{Diagnostic, did_you_mean};
+use super::yaml::{Node, NodeValue, Pos, pointer_escape, scalar_display};
+use crate::diagnostic::{Diagnostic, did_you_mean, with_article};
 use crate::graph::{BitSet, StepGraph};
 use crate::template::{self, TemplateRefs};
 
@@ -30,7 +30,13 @@ pub fn analyze(p: &Pipeline, tree: &Node, source: &str) -> Analysis {
         tree,
         source,
         out: Vec::new(),
+        dashed: HashMap::new(),
     };
+    for (i, step) in p.steps.iter().enumerate() {
+        if let Some((first, _)) = step.id.split_once('-') {
+            a.dashed.entry(first).or_default().push(i);
+        }
+    }
     let index = a.check_ids();
     a.check_jobs();
     let deps = a.resolve_needs(&index);
@@ -62,6 +68,9 @@ struct Analyzer<'a> {
     tree: &'a Node,
     source: &'a str,
     out: Vec<Diagnostic>,
+    /// Steps whose id has a `-`, by the part before the first `-` (`daily` for
+    /// `daily-energy`), so a template is checked against those it may name only.
+    dashed: HashMap<&'a str, Vec<usize>>,
 }
 
 impl<'a> Analyzer<'a> {
@@ -112,6 +121,10 @@ impl<'a> Analyzer<'a> {
                     )
                     .with_hint("keep one: `job` (a name resolved in the target) or `job_id` (a numeric id)"),
                 ),
+                // A `job` or `job_id` the schema refused is reported already.
+                (None, None)
+                    if self.node(&format!("/steps/{i}/job")).is_some()
+                        || self.node(&format!("/steps/{i}/job_id")).is_some() => {}
                 (None, None) => self.out.push(
                     Diagnostic::error(
                         "job-missing",
@@ -243,7 +256,10 @@ impl<'a> Analyzer<'a> {
                     }
                     _ => (
                         "default-type",
-                        format!("give a {} default, or change `type`", spec.kind.as_str()),
+                        format!(
+                            "give {} default, or change `type`",
+                            with_article(spec.kind.as_str())
+                        ),
                     ),
                 };
                 self.out.push(
@@ -314,7 +330,20 @@ impl<'a> Analyzer<'a> {
             index: i,
             item: false,
         };
+        // Keys other than `max_parallel` without `items` or `expr`: a misspelt or
+        // refused source, reported already.
+        let source_reported = fe.items.is_none()
+            && fe.expr.is_none()
+            && self
+                .node(&format!("/steps/{i}/for_each"))
+                .is_some_and(|n| match &n.value {
+                    NodeValue::Map(entries) => entries
+                        .iter()
+                        .any(|(k, _)| k.key_text(self.source) != "max_parallel"),
+                    _ => false,
+                });
         match (&fe.items, &fe.expr) {
+            (None, None) if source_reported => {}
             (Some(_), Some(_)) | (None, None) => self.out.push(
                 Diagnostic::error(
                     "for-each-source",
@@ -467,8 +496,80 @@ impl<'a> Analyzer<'a> {
         index: &HashMap<&str, usize>,
         ancestors: Option<&[BitSet]>,
     ) {
+        // `steps.daily-energy` reads as `steps.daily - energy`: one finding, not one per
+        // part of the id.
+        let mut covered: Vec<String> = Vec::new();
+        if scope != Scope::Trigger {
+            // Only the dashed steps whose first part a reference names (`steps.daily`):
+            // scanning every step for every template is quadratic in big pipelines.
+            let mut candidates: Vec<usize> = refs
+                .variables
+                .iter()
+                .filter_map(|v| v.strip_prefix("steps.")?.split('.').next())
+                .filter_map(|first| self.dashed.get(first))
+                .flatten()
+                .copied()
+                .collect();
+            candidates.sort_unstable();
+            candidates.dedup();
+            let steps = &self.p.steps;
+            for step in candidates.into_iter().map(|i| &steps[i]) {
+                let first = step.id.split('-').next().unwrap_or_default();
+                let head = format!("steps.{first}");
+                if !refs
+                    .variables
+                    .iter()
+                    .any(|v| *v == head || v.starts_with(&format!("{head}.")))
+                {
+                    continue;
+                }
+                let dotted = format!("steps.{}", step.id);
+                let Some(at) = text.match_indices(&dotted).map(|(at, _)| at).find(|&at| {
+                    let end = at + dotted.len();
+                    let before = text[..at].chars().next_back();
+                    !text[end..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                        && !before
+                            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                }) else {
+                    continue;
+                };
+                self.out.push(
+                    Diagnostic::error(
+                        "unknown-step",
+                        self.pos_in_scalar(ptr, text, at),
+                        format!(
+                            "`{dotted}` reads as a subtraction (`steps.{}`), not as step `{}`",
+                            step.id.replace('-', " - "),
+                            step.id
+                        ),
+                    )
+                    .with_hint(format!(
+                        "write a step id with `-` as a subscript: steps['{}']",
+                        step.id
+                    )),
+                );
+                covered.push(head);
+                covered.extend(step.id.split('-').skip(1).map(str::to_string));
+            }
+        }
         for var in &refs.variables {
-            let at = text.find(var.as_str()).unwrap_or(0);
+            if covered
+                .iter()
+                .any(|c| var == c || var.starts_with(&format!("{c}.")))
+            {
+                continue;
+            }
+            let at = text
+                .find(var.as_str())
+                .or_else(|| {
+                    // A subscript reference: `steps['daily-energy']`.
+                    let (root, rest) = var.split_once('.')?;
+                    let key = rest.split('.').next()?;
+                    text.find(&format!("{root}['{key}']"))
+                        .or_else(|| text.find(&format!("{root}[\"{key}\"]")))
+                })
+                .unwrap_or(0);
             let pos = self.pos_in_scalar(ptr, text, at);
             if let Some(d) = self.reference(var, pos, scope, index, ancestors) {
                 self.out.push(d);
@@ -581,6 +682,22 @@ impl<'a> Analyzer<'a> {
                     );
                 }
                 let upstream = ancestors.map(|a| a[me].contains(target));
+                let downstream = ancestors.is_some_and(|a| a[target].contains(me));
+                if upstream == Some(false) && downstream {
+                    return Some(
+                        Diagnostic::error(
+                            "output-not-upstream",
+                            pos,
+                            format!(
+                                "step `{}` uses `steps.{id}`, but step `{id}` runs after it (it depends on step `{}`)",
+                                self.p.steps[me].id, self.p.steps[me].id
+                            ),
+                        )
+                        .with_hint(format!(
+                            "a step can only use the values of steps that run before it; move this reference into a step after `{id}`"
+                        )),
+                    );
+                }
                 if upstream == Some(false) {
                     return Some(
                         Diagnostic::error(
@@ -751,9 +868,13 @@ fn default_mismatch(
     }
     if kind == ParamType::String && (v.is_number() || v.is_boolean()) {
         let raw = node.and_then(|n| n.raw(source)).unwrap_or("");
+        // Name what YAML read (`2.0` is a number even where JSON holds it as 2).
+        let (read_as, read) = node.map_or_else(
+            || (found.to_string(), canonical_text(v)),
+            |n| (with_article(n.value.kind_name()), scalar_display(&n.value)),
+        );
         return Some(format!(
-            "is unquoted `{raw}`, which YAML reads as {found} ({}), but the parameter is a string",
-            canonical_text(v)
+            "is unquoted `{raw}`, which YAML reads as {read_as} ({read}), but the parameter is a string"
         ));
     }
     if kind == ParamType::Integer && v.as_u64().is_some() {

@@ -143,6 +143,10 @@ pub fn load_bytes(path: &str, bytes: &[u8]) -> Loaded {
         remove_pointer(&mut json, ptr);
     }
 
+    if report.errors() > 0 {
+        fill_placeholders(&mut json);
+    }
+
     let pipeline: Option<Pipeline> = serde_json::from_value(json).ok();
     let mut checked = None;
     if let Some(pipeline) = pipeline {
@@ -168,6 +172,25 @@ pub fn load_bytes(path: &str, bytes: &[u8]) -> Loaded {
     report.source = Some(source);
     report.sort();
     Loaded { report, checked }
+}
+
+/// Stand-ins for a missing (or refused, hence dropped) pipeline `name` and step `id`,
+/// both reported already, so that the typed parse succeeds and the rest of the file is
+/// still analyzed. The step stand-in (`#2`) cannot clash with a real id.
+fn fill_placeholders(json: &mut Value) {
+    let Value::Object(root) = json else { return };
+    if !root.contains_key("name") {
+        root.insert("name".into(), Value::String(String::new()));
+    }
+    if let Some(Value::Array(steps)) = root.get_mut("steps") {
+        for (n, step) in steps.iter_mut().enumerate() {
+            if let Value::Object(step) = step
+                && !step.contains_key("id")
+            {
+                step.insert("id".into(), Value::String(format!("#{}", n + 1)));
+            }
+        }
+    }
 }
 
 fn remove_pointer(json: &mut Value, ptr: &str) {

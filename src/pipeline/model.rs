@@ -234,7 +234,7 @@ pub struct ForEach {
     /// A literal list of items (each a template string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<String>>,
-    /// A template expression that evaluates to a list, e.g. `params.turbines.split(",")`.
+    /// A template expression that evaluates to a list, e.g. `params.turbines | split(",")`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expr: Option<String>,
     /// Maximum number of items running at once (default: unlimited within `max_parallel`).

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::model::Pipeline;
 use super::yaml::{Node, NodeValue, pointer_escape, pointer_tokens, scalar_display};
-use crate::diagnostic::{Diagnostic, did_you_mean};
+use crate::diagnostic::{Diagnostic, closest, did_you_mean, with_article};
 
 /// The pipeline JSON Schema (draft 2020-12), as `dwflow schema` prints it.
 pub fn pipeline_schema() -> Value {
@@ -18,7 +18,29 @@ pub fn pipeline_schema() -> Value {
         .into_root_schema_for::<Pipeline>();
     let mut value = serde_json::to_value(schema).unwrap_or(Value::Null);
     strip_null(&mut value);
+    add_integer_bounds(&mut value);
     value
+}
+
+/// schemars marks `u32`/`u64` fields with a `format`, which validators treat as an
+/// annotation: add the `maximum` they imply, so that a value the model cannot hold is
+/// reported at its place instead of failing the typed parse.
+fn add_integer_bounds(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let max = match map.get("format").and_then(Value::as_str) {
+                Some("uint32") => Some(Value::from(u32::MAX)),
+                Some("uint64") => Some(Value::from(u64::MAX)),
+                _ => None,
+            };
+            if let Some(max) = max {
+                map.entry("maximum").or_insert(max);
+            }
+            map.values_mut().for_each(add_integer_bounds);
+        }
+        Value::Array(items) => items.iter_mut().for_each(add_integer_bounds),
+        _ => {}
+    }
 }
 
 /// `Option<T>` means "may be omitted", not "may be null": remove the `null` alternatives
@@ -157,14 +179,32 @@ fn map_error(
                 "id" => "give the step an `id` such as `id: aggregate`",
                 _ => "add the missing key",
             };
-            out.diagnostics.push(
-                Diagnostic::error(
-                    "missing-key",
-                    node.pos,
-                    format!("{what} is missing the required key `{name}`"),
-                )
-                .with_hint(hint),
-            );
+            // A misspelt required key (`attemps`) is reported once, as an unknown key
+            // whose hint names this one.
+            let allowed = allowed_keys(schema, pointer);
+            let misspelt = match &node.value {
+                NodeValue::Map(entries) => entries.iter().any(|(k, _)| {
+                    let k = k.key_text(source);
+                    !allowed.contains(&k)
+                        && closest(&k, allowed.iter().map(String::as_str)) == Some(name)
+                }),
+                _ => false,
+            };
+            if !misspelt {
+                out.diagnostics.push(
+                    Diagnostic::error(
+                        "missing-key",
+                        node.pos,
+                        format!("{what} is missing the required key `{name}`"),
+                    )
+                    .with_hint(hint),
+                );
+            }
+            // Reported; drop the incomplete object (when it sits in a mapping) so the
+            // typed parse, and with it the analysis of the rest, can go on.
+            if !pointer.is_empty() {
+                out.drop.push(pointer.to_string());
+            }
         }
         ValidationErrorKind::Type { kind } => type_error(kind, pointer, node, &what, source, out),
         ValidationErrorKind::Pattern { pattern } => {
@@ -219,7 +259,8 @@ fn map_error(
                     node.pos,
                     format!(
                         "{what} is {}, below the minimum {limit}",
-                        scalar_display(&node.value)
+                        node.raw(source)
+                            .map_or_else(|| scalar_display(&node.value), str::to_string)
                     ),
                 )
                 .with_hint(format!("use a value of at least {limit}")),
@@ -233,7 +274,8 @@ fn map_error(
                     node.pos,
                     format!(
                         "{what} is {}, above the maximum {limit}",
-                        scalar_display(&node.value)
+                        node.raw(source)
+                            .map_or_else(|| scalar_display(&node.value), str::to_string)
                     ),
                 )
                 .with_hint(format!("use a value of at most {limit}")),
@@ -313,7 +355,19 @@ fn type_error(
         return;
     }
     let found = node.value.kind_name();
-    let mut hint = format!("write a {} here", expected.join(" or "));
+    // In the words of YAML users (list, mapping), with articles.
+    let wanted = expected
+        .iter()
+        .map(|t| {
+            with_article(match t.as_str() {
+                "array" => "list",
+                "object" => "mapping",
+                other => other,
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let mut hint = format!("write {wanted} here");
     if wants_string && matches!(node.value, NodeValue::Map(_)) && raw.starts_with('{') {
         hint = "a value that starts with `{{` must be quoted in YAML: \"{{ ... }}\"".to_string();
     } else if expected.iter().any(|t| t == "array") && !matches!(node.value, NodeValue::Seq(_)) {
@@ -323,10 +377,7 @@ fn type_error(
         Diagnostic::error(
             "wrong-type",
             node.pos,
-            format!(
-                "{what} must be a {}, found a {found}",
-                expected.join(" or ")
-            ),
+            format!("{what} must be {wanted}, found {}", with_article(found)),
         )
         .with_hint(hint),
     );

@@ -206,7 +206,10 @@ fn convert_error(err: serde_saphyr::Error) -> YamlError {
         col: 1,
         ..Pos::default()
     });
-    let message = plain_message(&err);
+    let message = match &err {
+        E::Budget { breach, .. } => budget_message(breach),
+        _ => plain_message(&err),
+    };
     YamlError {
         kind,
         message,
@@ -215,6 +218,21 @@ fn convert_error(err: serde_saphyr::Error) -> YamlError {
             col: pos.col.max(1),
             ..pos
         },
+    }
+}
+
+/// A budget breach in words (serde-saphyr prints its debug form).
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    match breach {
+        B::Depth { .. } => format!("the YAML nests deeper than {MAX_DEPTH} levels"),
+        B::Documents { documents } => format!(
+            "the file holds {documents} or more YAML documents (separated by `---`); a pipeline file holds exactly one"
+        ),
+        B::Aliases { aliases } => format!("the file uses {aliases} or more aliases (`*name`)"),
+        B::Anchors { anchors } => format!("the file defines {anchors} or more anchors (`&name`)"),
+        B::Nodes { .. } | B::Events { .. } => "the file has too many YAML nodes".to_string(),
+        other => format!("the file exceeds a YAML resource limit ({other:?})"),
     }
 }
 
@@ -230,7 +248,8 @@ fn plain_message(err: &serde_saphyr::Error) -> String {
     {
         first = &first[i + 2..];
     }
-    let trimmed = match first.rfind(" at line ") {
+    // The first " at line": alias errors go on with "(defined at line ...)".
+    let trimmed = match first.find(" at line ") {
         Some(i) => &first[..i],
         None => first,
     };
@@ -367,6 +386,15 @@ impl Node {
             NodeValue::Bool(b) => J::Bool(*b),
             NodeValue::Int(i) => J::from(*i),
             NodeValue::UInt(u) => J::from(*u),
+            // A whole number written as a float (`2.0`, `1e3`) is an integer to the
+            // schema; give it to the typed parse as one too (unless it is out of range,
+            // which the schema reports).
+            NodeValue::Float(f) if f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64 => {
+                J::from(*f as u64)
+            }
+            NodeValue::Float(f) if f.fract() == 0.0 && *f < 0.0 && *f >= i64::MIN as f64 => {
+                J::from(*f as i64)
+            }
             NodeValue::Float(f) => serde_json::Number::from_f64(*f)
                 .map(J::Number)
                 .unwrap_or_else(|| J::String(self.raw(source).unwrap_or("").to_string())),
