@@ -2,6 +2,9 @@
 //! [`Backend`] trait; each environment (the embedded local one, the Veracity Data
 //! Workbench gateway, Databricks) implements it in its own module.
 
+pub mod local;
+pub mod scripted;
+
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
