@@ -33,6 +33,85 @@ pub enum Command {
     Graph(GraphArgs),
     /// Print the JSON Schema of pipeline files.
     Schema,
+    /// Run pipelines against a target, with live progress and a summary.
+    Run(RunArgs),
+    /// Continue an interrupted pipeline run from its journal, without invoking any job
+    /// that already ran or is still running.
+    Resume(ResumeArgs),
+    /// Pipeline runs recorded in the state directory.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Datasets of the target.
+    #[command(subcommand)]
+    Datasets(DatasetsCommand),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Pipeline files, run one after the other.
+    #[arg(required = true)]
+    pub pipelines: Vec<PathBuf>,
+    /// A pipeline parameter, NAME=VALUE (repeatable).
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    #[command(flatten)]
+    pub target: crate::target::TargetArgs,
+    #[command(flatten)]
+    pub engine: crate::runner::EngineArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ResumeArgs {
+    /// The pipeline run id (see `dwflow runs list`).
+    pub run_id: String,
+    /// Values of secret parameters (never journaled), NAME=VALUE.
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    #[command(flatten)]
+    pub target: crate::target::TargetArgs,
+    #[command(flatten)]
+    pub engine: crate::runner::EngineArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// List pipeline runs, newest first.
+    List {
+        #[arg(long, env = "DWFLOW_STATE_DIR", default_value = ".dwflow/runs")]
+        state_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the journal of one pipeline run.
+    Show {
+        run_id: String,
+        #[arg(long, env = "DWFLOW_STATE_DIR", default_value = ".dwflow/runs")]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatasetsCommand {
+    /// List the target's datasets.
+    List {
+        #[command(flatten)]
+        target: crate::target::TargetArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a dataset's rows.
+    Show {
+        name: String,
+        #[arg(long, value_enum, default_value_t = crate::inspect::RowsFormat::Table)]
+        format: crate::inspect::RowsFormat,
+        /// At most this many rows.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        target: crate::target::TargetArgs,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,6 +177,23 @@ pub fn run(cli: Cli) -> Exit {
             print!("{}", schema::pipeline_schema_text());
             Exit::Success
         }
+        Command::Run(a) => crate::runner::run(&a.pipelines, &a.params, &a.target, &a.engine),
+        Command::Resume(a) => crate::runner::resume(&a.run_id, &a.params, &a.target, &a.engine),
+        Command::Runs(RunsCommand::List { state_dir, json }) => {
+            crate::runner::runs_list(&state_dir, json)
+        }
+        Command::Runs(RunsCommand::Show { run_id, state_dir }) => {
+            crate::runner::runs_show(&state_dir, &run_id)
+        }
+        Command::Datasets(DatasetsCommand::List { target, json }) => {
+            crate::inspect::datasets_list(&target, json)
+        }
+        Command::Datasets(DatasetsCommand::Show {
+            name,
+            format,
+            limit,
+            target,
+        }) => crate::inspect::datasets_show(&target, &name, format, limit),
     }
 }
 

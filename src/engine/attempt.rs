@@ -1,0 +1,760 @@
+//! The life of a step: its fan-out instances, and for each instance the attempts:
+//! invoke -> poll with an adaptive interval -> outcome, with the per-attempt timeout
+//! (which cancels the remote run), retries with exponential backoff and jitter, the
+//! `expect` checks, and cancellation that waits for the remote run to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use indexmap::IndexMap;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::events::{Event, InstanceId, Outcome};
+use super::journal::{self, Record};
+use super::resume::{InstanceResume, Phase, StepResume};
+use super::{RunShared, StepResult};
+use crate::backend::{ErrorKind, Lifecycle, RunId, RunStatus};
+use crate::duration::parse_duration;
+use crate::pipeline::model::{RetryOn, Step, StepDefaults};
+
+/// How often a run's status is checked: at once after the invocation (a run that fails
+/// instantly is seen instantly), then after `first`, growing by `factor` up to `cap`.
+/// Status calls therefore grow with the logarithm of the run's length until the cap.
+#[derive(Debug, Clone)]
+pub struct PollPolicy {
+    pub first: Duration,
+    pub factor: f64,
+    pub cap: Duration,
+}
+
+impl Default for PollPolicy {
+    fn default() -> Self {
+        PollPolicy {
+            first: Duration::from_millis(500),
+            factor: 2.0,
+            cap: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PollPolicy {
+    /// The delay before check number `n` (0-based).
+    pub fn delay(&self, n: u32) -> Duration {
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let secs = self.first.as_secs_f64() * self.factor.powi(n as i32 - 1);
+        Duration::from_secs_f64(secs.min(self.cap.as_secs_f64()))
+    }
+}
+
+/// One invocation unit of a step: the step itself, or one `for_each` item.
+#[derive(Debug, Clone)]
+pub(crate) struct InstancePlan {
+    pub item: Option<usize>,
+    pub params: IndexMap<String, String>,
+}
+
+struct InstanceResult {
+    outcome: Outcome,
+    message: Option<String>,
+    reported: IndexMap<String, String>,
+    remote_run_ids: Vec<String>,
+    attempts: u32,
+    environment_error: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_step(
+    shared: Arc<RunShared>,
+    step: Step,
+    defaults: Option<StepDefaults>,
+    job_id: u64,
+    job_label: String,
+    instances: Vec<InstancePlan>,
+    cancel: CancellationToken,
+    resume: Option<StepResume>,
+) -> StepResult {
+    let step = Arc::new(step);
+    let per_step = step
+        .for_each
+        .as_ref()
+        .and_then(|f| f.max_parallel)
+        .map(|n| Arc::new(Semaphore::new(n as usize)));
+    let single = instances.len() == 1 && instances[0].item.is_none();
+    let single_params = instances
+        .first()
+        .map(|i| i.params.clone())
+        .unwrap_or_default();
+    let mut set = JoinSet::new();
+    for plan in instances {
+        let shared = shared.clone();
+        let step = step.clone();
+        let defaults = defaults.clone();
+        let per_step = per_step.clone();
+        let cancel = cancel.clone();
+        let job_label = job_label.clone();
+        let resume = resume
+            .as_ref()
+            .and_then(|r| r.instances.get(&plan.item).cloned());
+        set.spawn(async move {
+            let _slot = match &per_step {
+                Some(s) => s.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            let item = plan.item;
+            let r = run_instance(
+                &shared,
+                &step,
+                defaults.as_ref(),
+                job_id,
+                &job_label,
+                plan,
+                &cancel,
+                resume,
+            )
+            .await;
+            (item, r)
+        });
+    }
+    let mut results: Vec<(Option<usize>, InstanceResult)> = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(r) => results.push(r),
+            Err(e) => results.push((
+                None,
+                InstanceResult {
+                    outcome: Outcome::Failed,
+                    message: Some(format!("internal error: {e}")),
+                    reported: IndexMap::new(),
+                    remote_run_ids: Vec::new(),
+                    attempts: 0,
+                    environment_error: None,
+                },
+            )),
+        }
+    }
+    results.sort_by_key(|(item, _)| *item);
+    aggregate(single, single_params, results)
+}
+
+/// Folds instance results into the step's: success only if every instance succeeded.
+fn aggregate(
+    single: bool,
+    params: IndexMap<String, String>,
+    results: Vec<(Option<usize>, InstanceResult)>,
+) -> StepResult {
+    let worst = results
+        .iter()
+        .map(|(_, r)| r.outcome)
+        .max_by_key(|o| match o {
+            Outcome::Succeeded => 0,
+            Outcome::Skipped => 1,
+            Outcome::NotRun => 2,
+            Outcome::Canceled => 3,
+            Outcome::TimedOut => 4,
+            Outcome::Failed => 5,
+        })
+        .unwrap_or(Outcome::Succeeded);
+    let message = results
+        .iter()
+        .filter_map(|(item, r)| {
+            r.message.as_ref().map(|m| match item {
+                Some(i) if !single => format!("item {i}: {m}"),
+                _ => m.clone(),
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut outputs = IndexMap::new();
+    if single {
+        // A step's rendered parameters are its outputs, then what the job reported.
+        outputs.extend(params);
+        if let Some((_, r)) = results.first() {
+            outputs.extend(r.reported.clone());
+        }
+    } else {
+        outputs.insert("count".to_string(), results.len().to_string());
+    }
+    StepResult {
+        outcome: worst,
+        message: (!message.is_empty()).then(|| message.join("; ")),
+        outputs,
+        remote_run_ids: results
+            .iter()
+            .flat_map(|(_, r)| r.remote_run_ids.clone())
+            .collect(),
+        attempts: results.iter().map(|(_, r)| r.attempts).max().unwrap_or(0),
+        environment_error: results
+            .iter()
+            .find_map(|(_, r)| r.environment_error.clone()),
+    }
+}
+
+/// How one attempt ended.
+enum AttemptEnd {
+    Succeeded(IndexMap<String, String>),
+    Failed {
+        message: String,
+        retryable: bool,
+        kind: RetryOn,
+    },
+    Canceled(String),
+    /// The environment itself failed (credentials): no retry helps.
+    Environment(String),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_instance(
+    shared: &Arc<RunShared>,
+    step: &Step,
+    defaults: Option<&StepDefaults>,
+    job_id: u64,
+    job_label: &str,
+    plan: InstancePlan,
+    cancel: &CancellationToken,
+    resume: Option<InstanceResume>,
+) -> InstanceResult {
+    let id = InstanceId {
+        step: step.id.clone(),
+        item: plan.item,
+    };
+    let retry = step
+        .retry
+        .clone()
+        .or_else(|| defaults.and_then(|d| d.retry.clone()));
+    let max_attempts = retry.as_ref().map_or(1, |r| r.attempts.max(1));
+    let retry_on = retry
+        .as_ref()
+        .and_then(|r| r.on.clone())
+        .unwrap_or_else(|| vec![RetryOn::Transient, RetryOn::Timeout]);
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(
+            retry
+                .as_ref()
+                .and_then(|r| r.delay.as_deref())
+                .and_then(parse_duration)
+                .unwrap_or(Duration::from_secs(10)),
+        )
+        .with_max_delay(
+            retry
+                .as_ref()
+                .and_then(|r| r.max_delay.as_deref())
+                .and_then(parse_duration)
+                .unwrap_or(Duration::from_secs(300)),
+        )
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let timeout = step
+        .timeout
+        .as_deref()
+        .or_else(|| defaults.and_then(|d| d.timeout.as_deref()))
+        .and_then(parse_duration);
+
+    let mut attempt = resume.as_ref().map_or(1, |r| r.attempt);
+    let mut phase = resume.map(|r| r.phase);
+    let mut extra_attempts = 0;
+    let mut run_ids = Vec::new();
+    loop {
+        let resumed_in_flight = matches!(phase, Some(Phase::Started { .. }));
+        let end = match phase.take() {
+            Some(Phase::Started { remote_run_id }) => {
+                shared.emit(Event::Reattached {
+                    instance: id.clone(),
+                    attempt,
+                    remote_run_id: remote_run_id.clone(),
+                });
+                run_ids.push(remote_run_id.clone());
+                watch(
+                    shared,
+                    &id,
+                    step,
+                    attempt,
+                    &RunId(remote_run_id),
+                    timeout,
+                    cancel,
+                    &plan.params,
+                )
+                .await
+            }
+            Some(Phase::Invoking {
+                idempotency_key,
+                params,
+            }) => {
+                invoke_and_watch(
+                    shared,
+                    &id,
+                    step,
+                    job_id,
+                    job_label,
+                    attempt,
+                    &idempotency_key,
+                    &params,
+                    timeout,
+                    cancel,
+                    &mut run_ids,
+                )
+                .await
+            }
+            Some(Phase::Retry) | None => {
+                if cancel.is_cancelled() {
+                    AttemptEnd::Canceled("cancelled before it started".into())
+                } else {
+                    let key = idempotency_key(&shared.run_id, &step.id, plan.item, attempt);
+                    invoke_and_watch(
+                        shared,
+                        &id,
+                        step,
+                        job_id,
+                        job_label,
+                        attempt,
+                        &key,
+                        &plan.params,
+                        timeout,
+                        cancel,
+                        &mut run_ids,
+                    )
+                    .await
+                }
+            }
+        };
+        let (outcome, message, retryable) = match &end {
+            AttemptEnd::Succeeded(_) => (Outcome::Succeeded, None, false),
+            AttemptEnd::Failed {
+                message,
+                retryable,
+                kind,
+            } => (
+                if *kind == RetryOn::Timeout {
+                    Outcome::TimedOut
+                } else {
+                    Outcome::Failed
+                },
+                Some(message.clone()),
+                *retryable,
+            ),
+            AttemptEnd::Canceled(m) => (Outcome::Canceled, Some(m.clone()), false),
+            AttemptEnd::Environment(m) => (Outcome::Failed, Some(m.clone()), false),
+        };
+        shared.record_lazy(Record::AttemptFinished {
+            step: step.id.clone(),
+            item: plan.item,
+            attempt,
+            outcome,
+            message: message.as_deref().map(|m| shared.mask(m)),
+            retryable,
+            at: journal::now(),
+        });
+        match end {
+            AttemptEnd::Succeeded(reported) => {
+                shared.emit(Event::InstanceFinished {
+                    instance: id.clone(),
+                    outcome,
+                    remote_run_id: run_ids.last().cloned(),
+                    message: None,
+                });
+                return InstanceResult {
+                    outcome,
+                    message: None,
+                    reported,
+                    remote_run_ids: run_ids,
+                    attempts: attempt,
+                    environment_error: None,
+                };
+            }
+            AttemptEnd::Failed {
+                message,
+                retryable,
+                kind,
+            } => {
+                // A run cut off by a crash of dwflow is not the job's fault: it gets one
+                // more attempt whatever the retry policy says.
+                if resumed_in_flight && retryable && extra_attempts == 0 {
+                    extra_attempts = 1;
+                }
+                let allowed = match kind {
+                    RetryOn::Timeout => {
+                        retry_on.contains(&RetryOn::Timeout) || retry_on.contains(&RetryOn::Failure)
+                    }
+                    _ if retryable => {
+                        retry_on.contains(&RetryOn::Transient)
+                            || retry_on.contains(&RetryOn::Failure)
+                            || extra_attempts > 0
+                    }
+                    _ => retry_on.contains(&RetryOn::Failure),
+                };
+                if allowed && attempt < max_attempts + extra_attempts && !cancel.is_cancelled() {
+                    let delay = if resumed_in_flight {
+                        Duration::ZERO
+                    } else {
+                        backoff.next().unwrap_or(Duration::from_secs(10))
+                    };
+                    shared.emit(Event::Retrying {
+                        instance: id.clone(),
+                        attempt: attempt + 1,
+                        delay,
+                        reason: shared.mask(&message),
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                    if !cancel.is_cancelled() {
+                        attempt += 1;
+                        phase = Some(Phase::Retry);
+                        continue;
+                    }
+                }
+                shared.emit(Event::InstanceFinished {
+                    instance: id.clone(),
+                    outcome,
+                    remote_run_id: run_ids.last().cloned(),
+                    message: Some(shared.mask(&message)),
+                });
+                return InstanceResult {
+                    outcome,
+                    message: Some(message),
+                    reported: IndexMap::new(),
+                    remote_run_ids: run_ids,
+                    attempts: attempt,
+                    environment_error: None,
+                };
+            }
+            AttemptEnd::Canceled(message) | AttemptEnd::Environment(message) => {
+                let env = (outcome == Outcome::Failed).then(|| message.clone());
+                shared.emit(Event::InstanceFinished {
+                    instance: id.clone(),
+                    outcome,
+                    remote_run_id: run_ids.last().cloned(),
+                    message: Some(shared.mask(&message)),
+                });
+                return InstanceResult {
+                    outcome,
+                    message: Some(message),
+                    reported: IndexMap::new(),
+                    remote_run_ids: run_ids,
+                    attempts: attempt,
+                    environment_error: env,
+                };
+            }
+        }
+    }
+}
+
+/// The idempotency key of one attempt: stable across processes, at most 64 characters
+/// (the Databricks limit).
+pub fn idempotency_key(run_id: &str, step: &str, item: Option<usize>, attempt: u32) -> String {
+    let text = format!(
+        "{run_id}\u{1f}{step}\u{1f}{}\u{1f}{attempt}",
+        item.map_or(-1, |i| i as i64)
+    );
+    let hex = crate::secrets::sha256_hex(text.as_bytes());
+    format!("dwflow-{}", &hex[..48])
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn invoke_and_watch(
+    shared: &Arc<RunShared>,
+    id: &InstanceId,
+    step: &Step,
+    job_id: u64,
+    job_label: &str,
+    attempt: u32,
+    key: &str,
+    params: &IndexMap<String, String>,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    run_ids: &mut Vec<String>,
+) -> AttemptEnd {
+    // Hold a pipeline-wide slot while the job runs (`max_parallel`).
+    let _slot = match &shared.parallel {
+        Some(s) => tokio::select! {
+            permit = s.clone().acquire_owned() => permit.ok(),
+            _ = cancel.cancelled() => return AttemptEnd::Canceled("cancelled before it started".into()),
+        },
+        None => None,
+    };
+    if let Err(e) = shared
+        .record(Record::Invoking {
+            step: step.id.clone(),
+            item: id.item,
+            attempt,
+            job_id,
+            idempotency_key: key.to_string(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.clone(), shared.mask(v)))
+                .collect(),
+            at: journal::now(),
+        })
+        .await
+    {
+        // Without the journal a crash could start the job twice: do not invoke.
+        return AttemptEnd::Environment(format!("cannot write the run journal: {e}"));
+    }
+    shared.emit(Event::Invoking {
+        instance: id.clone(),
+        job: job_label.to_string(),
+        attempt,
+    });
+    let remote = match shared.backend.invoke(job_id, params, key).await {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("invoking job {job_label} failed: {}", e.message);
+            return match e.kind {
+                ErrorKind::Auth => AttemptEnd::Environment(message),
+                _ => AttemptEnd::Failed {
+                    message,
+                    retryable: e.retryable,
+                    kind: if e.retryable {
+                        RetryOn::Transient
+                    } else {
+                        RetryOn::Failure
+                    },
+                },
+            };
+        }
+    };
+    run_ids.push(remote.0.clone());
+    // Recorded before the first poll: a crash from here on reattaches to this run.
+    if let Err(e) = shared
+        .record(Record::Started {
+            step: step.id.clone(),
+            item: id.item,
+            attempt,
+            remote_run_id: remote.0.clone(),
+            at: journal::now(),
+        })
+        .await
+    {
+        shared.emit(Event::Warning {
+            message: format!("journal: {e}"),
+        });
+    }
+    shared.emit(Event::Started {
+        instance: id.clone(),
+        attempt,
+        remote_run_id: remote.0.clone(),
+    });
+    watch(shared, id, step, attempt, &remote, timeout, cancel, params).await
+}
+
+enum Stop {
+    Cancel,
+    Timeout,
+}
+
+/// Polls a run until it ends, the attempt times out, or the pipeline cancels it.
+#[allow(clippy::too_many_arguments)]
+async fn watch(
+    shared: &Arc<RunShared>,
+    id: &InstanceId,
+    step: &Step,
+    _attempt: u32,
+    remote: &RunId,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    params: &IndexMap<String, String>,
+) -> AttemptEnd {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut n = 0u32;
+    let mut last: Option<Lifecycle> = None;
+    let mut warned_unknown = false;
+    let mut consecutive_errors = 0u32;
+    let stop = loop {
+        let delay = shared.poll.delay(n);
+        n += 1;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => break Stop::Cancel,
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => break Stop::Timeout,
+        }
+        match shared.backend.status(remote).await {
+            Ok(status) => {
+                consecutive_errors = 0;
+                if last.as_ref() != Some(&status.lifecycle) {
+                    if let Lifecycle::Unknown(s) = &status.lifecycle
+                        && !warned_unknown
+                    {
+                        warned_unknown = true;
+                        tracing::warn!(run = %remote, state = %s, "unknown run state; treating it as not finished");
+                        shared.emit(Event::Warning {
+                            message: format!("run {remote} of step {id} reports an unknown state `{s}`; treating it as still running"),
+                        });
+                    }
+                    shared.emit(Event::StateChanged {
+                        instance: id.clone(),
+                        state: lifecycle_name(&status.lifecycle),
+                    });
+                    last = Some(status.lifecycle.clone());
+                }
+                if status.is_terminal() {
+                    return finished(shared, step, status, params).await;
+                }
+            }
+            Err(e) if e.kind == ErrorKind::Auth => {
+                return AttemptEnd::Environment(format!(
+                    "checking run {remote} failed: {}",
+                    e.message
+                ));
+            }
+            Err(e) => {
+                consecutive_errors += 1;
+                if consecutive_errors == 1 || consecutive_errors.is_multiple_of(10) {
+                    shared.emit(Event::Warning {
+                        message: format!("checking run {remote} of step {id} failed ({consecutive_errors} in a row): {}", e.message),
+                    });
+                }
+                if !e.retryable && consecutive_errors >= 5 {
+                    return AttemptEnd::Failed {
+                        message: format!("cannot check run {remote}: {}", e.message),
+                        retryable: false,
+                        kind: RetryOn::Failure,
+                    };
+                }
+            }
+        }
+    };
+    // Cancel the remote run and wait until it is really over.
+    let why = match stop {
+        Stop::Cancel => "cancelled",
+        Stop::Timeout => "timed out",
+    };
+    let final_status = cancel_and_wait(shared, remote).await;
+    let detail = match &final_status {
+        Some(s) => format!("run {remote} {}", describe_terminal(s)),
+        None => format!(
+            "run {remote} did not confirm cancellation within {}s",
+            shared.cancel_wait.as_secs()
+        ),
+    };
+    match stop {
+        Stop::Cancel => AttemptEnd::Canceled(format!("{why}; {detail}")),
+        Stop::Timeout => AttemptEnd::Failed {
+            message: format!(
+                "attempt {why} after {}; {detail}",
+                crate::duration::format_duration(timeout.unwrap_or_default())
+            ),
+            retryable: true,
+            kind: RetryOn::Timeout,
+        },
+    }
+}
+
+/// Asks the backend to cancel and polls until the run is terminal, within the bound.
+pub(crate) async fn cancel_and_wait(shared: &RunShared, remote: &RunId) -> Option<RunStatus> {
+    if let Err(e) = shared.backend.cancel(remote).await {
+        shared.emit(Event::Warning {
+            message: format!("cancelling run {remote} failed: {}", e.message),
+        });
+    }
+    let until = tokio::time::Instant::now() + shared.cancel_wait;
+    let mut delay = Duration::from_millis(100);
+    while tokio::time::Instant::now() < until {
+        if let Ok(s) = shared.backend.status(remote).await
+            && s.is_terminal()
+        {
+            return Some(s);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    shared.emit(Event::Warning {
+        message: format!(
+            "run {remote} is still not terminal {}s after it was cancelled",
+            shared.cancel_wait.as_secs()
+        ),
+    });
+    None
+}
+
+async fn finished(
+    shared: &RunShared,
+    step: &Step,
+    status: RunStatus,
+    params: &IndexMap<String, String>,
+) -> AttemptEnd {
+    if !status.is_success() {
+        let message = describe_terminal(&status);
+        return AttemptEnd::Failed {
+            message,
+            retryable: status.retryable,
+            kind: if status.retryable {
+                RetryOn::Transient
+            } else {
+                RetryOn::Failure
+            },
+        };
+    }
+    // `expect`: datasets that must exist after success.
+    if let Some(expect) = &step.expect {
+        let mut outputs = params.clone();
+        outputs.extend(status.outputs.clone());
+        for t in &expect.datasets {
+            let name = match super::context::RunContext::render_with_outputs(t, &outputs) {
+                Ok(n) => n,
+                Err(e) => {
+                    return AttemptEnd::Failed {
+                        message: format!("cannot render `expect` dataset `{t}`: {e}"),
+                        retryable: false,
+                        kind: RetryOn::Failure,
+                    };
+                }
+            };
+            match shared.backend.find_dataset(&name).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return AttemptEnd::Failed {
+                        message: format!(
+                            "the job succeeded but the expected dataset `{name}` does not exist"
+                        ),
+                        retryable: false,
+                        kind: RetryOn::Failure,
+                    };
+                }
+                Err(e) => {
+                    return AttemptEnd::Failed {
+                        message: format!(
+                            "cannot check the expected dataset `{name}`: {}",
+                            e.message
+                        ),
+                        retryable: e.retryable,
+                        kind: if e.retryable {
+                            RetryOn::Transient
+                        } else {
+                            RetryOn::Failure
+                        },
+                    };
+                }
+            }
+        }
+    }
+    AttemptEnd::Succeeded(status.outputs)
+}
+
+fn lifecycle_name(l: &Lifecycle) -> String {
+    match l {
+        Lifecycle::Queued => "queued".into(),
+        Lifecycle::Pending => "pending".into(),
+        Lifecycle::Running => "running".into(),
+        Lifecycle::Terminating => "terminating".into(),
+        Lifecycle::Terminated => "terminated".into(),
+        Lifecycle::Unknown(s) => format!("unknown ({s})"),
+    }
+}
+
+fn describe_terminal(s: &RunStatus) -> String {
+    let result = match &s.result {
+        Some(r) => format!("{r:?}").to_lowercase(),
+        None => "ended without a result".into(),
+    };
+    match &s.message {
+        Some(m) if !m.is_empty() => format!("{result}: {m}"),
+        _ => result,
+    }
+}

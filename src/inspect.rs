@@ -1,0 +1,163 @@
+//! Thin access to a target: `dwflow datasets` (list, show). Output for people as a
+//! table, for machines as CSV or JSON.
+
+use crate::backend::Rows;
+use crate::exit::Exit;
+use crate::target::{self, TargetArgs};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowsFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+fn block_on<F: std::future::Future<Output = Exit>>(f: F) -> Exit {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            Exit::Environment
+        }
+    }
+}
+
+fn open(args: &TargetArgs) -> Result<target::Target, Exit> {
+    target::open(args).map_err(|e| {
+        eprintln!("error: {e}");
+        Exit::Environment
+    })
+}
+
+fn backend_exit(e: &crate::backend::BackendError) -> Exit {
+    use crate::backend::ErrorKind;
+    match e.kind {
+        ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Ambiguous => Exit::Invalid,
+        _ => Exit::Environment,
+    }
+}
+
+pub fn datasets_list(args: &TargetArgs, json: bool) -> Exit {
+    block_on(async {
+        let t = match open(args) {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        match t.backend.list_datasets().await {
+            Ok(list) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&list).unwrap_or_default()
+                    );
+                } else {
+                    println!("{:<36}  {:>9}  {:<25}  COLUMNS", "NAME", "ROWS", "CREATED");
+                    for d in list {
+                        println!(
+                            "{:<36}  {:>9}  {:<25}  {}",
+                            d.name,
+                            d.rows.map_or_else(|| "-".to_string(), |r| r.to_string()),
+                            d.created.unwrap_or_else(|| "-".into()),
+                            d.columns.join(", ")
+                        );
+                    }
+                }
+                Exit::Success
+            }
+            Err(e) => {
+                eprintln!("error: {}", e.message);
+                backend_exit(&e)
+            }
+        }
+    })
+}
+
+pub fn datasets_show(
+    args: &TargetArgs,
+    name: &str,
+    format: RowsFormat,
+    limit: Option<usize>,
+) -> Exit {
+    block_on(async {
+        let t = match open(args) {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        match t.backend.read_dataset(name, limit).await {
+            Ok(rows) => {
+                print!("{}", render_rows(&rows, format));
+                Exit::Success
+            }
+            Err(e) => {
+                eprintln!("error: {}", e.message);
+                backend_exit(&e)
+            }
+        }
+    })
+}
+
+/// Renders rows as an aligned table, CSV, or a JSON array of objects.
+pub fn render_rows(rows: &Rows, format: RowsFormat) -> String {
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match format {
+        RowsFormat::Json => {
+            let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
+                .rows
+                .iter()
+                .map(|r| {
+                    rows.columns
+                        .iter()
+                        .cloned()
+                        .zip(r.iter().cloned())
+                        .collect()
+                })
+                .collect();
+            let mut s = serde_json::to_string_pretty(&objects).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        RowsFormat::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            let _ = w.write_record(&rows.columns);
+            for r in &rows.rows {
+                let _ = w.write_record(r.iter().map(cell));
+            }
+            String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+        }
+        RowsFormat::Table => {
+            let cells: Vec<Vec<String>> = rows
+                .rows
+                .iter()
+                .map(|r| r.iter().map(cell).collect())
+                .collect();
+            let mut widths: Vec<usize> = rows.columns.iter().map(|c| c.chars().count()).collect();
+            for r in &cells {
+                for (w, c) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let mut out = String::new();
+            let line = |vals: &[String], out: &mut String| {
+                let l: Vec<String> = vals
+                    .iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:<w$}"))
+                    .collect();
+                out.push_str(l.join("  ").trim_end());
+                out.push('\n');
+            };
+            line(&rows.columns, &mut out);
+            for r in &cells {
+                line(r, &mut out);
+            }
+            out
+        }
+    }
+}
