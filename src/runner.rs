@@ -221,9 +221,17 @@ async fn execute(
     args: &EngineArgs,
     resume: Option<ResumeState>,
 ) -> Exit {
+    // Local runs finish in milliseconds to seconds: check them sooner; remote runs
+    // take minutes and each check is an API call.
+    let first = if target.backend.kind() == "local" {
+        std::time::Duration::from_millis(50)
+    } else {
+        PollPolicy::default().first
+    };
     let options = RunOptions {
         state_dir: args.state_dir.clone(),
         poll: PollPolicy {
+            first: first.min(args.poll_cap),
             cap: args.poll_cap,
             ..PollPolicy::default()
         },

@@ -22,10 +22,11 @@ pub fn table(r: &RunReport) -> String {
             [
                 s.id.clone(),
                 s.job.clone(),
-                if s.remote_run_ids.is_empty() {
-                    "-".into()
-                } else {
-                    s.remote_run_ids.join(", ")
+                // The latest run (the one that decided the outcome) and how many others.
+                match s.remote_run_ids.as_slice() {
+                    [] => "-".into(),
+                    [one] => one.clone(),
+                    [rest @ .., last] => format!("{last} (+{} more)", rest.len()),
                 },
                 if s.attempts > 1 {
                     format!("{} ({} attempts)", s.outcome.as_str(), s.attempts)
