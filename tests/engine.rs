@@ -8,6 +8,7 @@ use dwflow::backend::scripted::{AttemptScript, JobScript, ScriptedBackend};
 use dwflow::engine::events::{Event, Outcome, RunState};
 use dwflow::engine::{RunOptions, RunReport, run_pipeline};
 use dwflow::pipeline::load::{CheckedPipeline, load_bytes};
+use indexmap::IndexMap;
 
 use tokio_util::sync::CancellationToken;
 
@@ -538,4 +539,79 @@ mod properties {
             prop_assert!(max_overlap(&inv) <= max_parallel);
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_reattaches_to_runs_in_flight_and_never_invokes_twice() {
+    let yaml =
+        "name: r\nsteps:\n  - id: a\n    job: A\n  - id: b\n    job: B\n  - id: c\n    job: C\n";
+    let c = checked(yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        state_dir: dir.path().to_path_buf(),
+        inline_journal: true,
+        ..RunOptions::default()
+    };
+    let backend = Arc::new(
+        ScriptedBackend::new(AttemptScript::success(secs(1)))
+            .job("A", ok(10))
+            .job("B", ok(100))
+            .job("C", ok(10)),
+    );
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    // "Crash" 40 s in: a has finished, b is running remotely.
+    let first = tokio::time::timeout(
+        secs(40),
+        run_pipeline(
+            backend.clone(),
+            &c,
+            IndexMap::new(),
+            options.clone(),
+            tx,
+            CancellationToken::new(),
+            None,
+        ),
+    )
+    .await;
+    assert!(first.is_err(), "the first process was cut off");
+    let run_id = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .to_string();
+    let state = dwflow::engine::ResumeState::load(dir.path(), &run_id).unwrap();
+    assert_eq!(
+        state.finished_steps(),
+        vec![("a".to_string(), Outcome::Succeeded)]
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let report = run_pipeline(
+        backend.clone(),
+        &c,
+        IndexMap::new(),
+        options,
+        tx,
+        CancellationToken::new(),
+        Some(state),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.state, RunState::Succeeded);
+    let inv = backend.invocations();
+    for job in ["A", "B", "C"] {
+        assert_eq!(
+            inv.iter().filter(|i| i.job == job).count(),
+            1,
+            "{job} invoked once"
+        );
+    }
+    let mut reattached = false;
+    while let Ok(e) = rx.try_recv() {
+        reattached |= matches!(e, Event::Reattached { .. });
+    }
+    assert!(reattached);
+    assert_eq!(report.steps[1].remote_run_ids, vec![inv[1].run_id.clone()]);
 }

@@ -2,8 +2,13 @@
 //! [`Backend`] trait; each environment (the embedded local one, the Veracity Data
 //! Workbench gateway, Databricks) implements it in its own module.
 
+pub mod databricks;
+pub mod http;
 pub mod local;
+pub mod run_state;
 pub mod scripted;
+pub mod wire;
+pub mod workbench;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -198,6 +203,12 @@ pub trait Backend: Send + Sync {
     /// A short name for messages: "local", "workbench", "databricks".
     fn kind(&self) -> &'static str;
 
+    /// Whether `invoke` honours idempotency keys (one run per key). Where it does not,
+    /// an invocation whose answer was lost cannot be safely sent again.
+    fn idempotent_invoke(&self) -> bool {
+        true
+    }
+
     async fn list_jobs(&self) -> Result<Vec<JobInfo>, BackendError>;
 
     /// A job with its parameters (where the environment knows them).
@@ -210,34 +221,7 @@ pub trait Backend: Send + Sync {
             JobRef::Id(id) => Ok(*id),
             JobRef::Name(name) => {
                 let jobs = self.list_jobs().await?;
-                let matches: Vec<&JobInfo> = jobs.iter().filter(|j| &j.name == name).collect();
-                match matches.as_slice() {
-                    [one] => Ok(one.id),
-                    [] => {
-                        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-                        let hint = crate::diagnostic::did_you_mean(name, names.iter().copied())
-                            .map(|h| format!("; {h}"))
-                            .unwrap_or_else(|| format!("; jobs here: {}", names.join(", ")));
-                        Err(BackendError::new(
-                            ErrorKind::NotFound,
-                            format!(
-                                "no job named `{name}` in the {} environment{hint}",
-                                self.kind()
-                            ),
-                        ))
-                    }
-                    many => Err(BackendError::new(
-                        ErrorKind::Ambiguous,
-                        format!(
-                            "{} jobs are named `{name}` (ids {}); use `job_id` to pick one",
-                            many.len(),
-                            many.iter()
-                                .map(|j| j.id.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )),
-                }
+                resolve_in(self.kind(), name, &jobs)
             }
         }
     }
@@ -262,4 +246,46 @@ pub trait Backend: Send + Sync {
 
     /// Reads up to `limit` rows (all when `None`).
     async fn read_dataset(&self, name: &str, limit: Option<usize>) -> Result<Rows, BackendError>;
+}
+
+/// Finds the one job named `name` in `jobs`; absence and ambiguity are errors that list
+/// candidates (the default of [`Backend::resolve_job`], shared with overrides).
+pub fn resolve_in(kind: &str, name: &str, jobs: &[JobInfo]) -> Result<u64, BackendError> {
+    let matches: Vec<&JobInfo> = jobs.iter().filter(|j| j.name == name).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.id),
+        [] => {
+            let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+            let hint = crate::diagnostic::did_you_mean(name, names.iter().copied())
+                .map(|h| format!("; {h}"))
+                .unwrap_or_else(|| {
+                    if names.is_empty() {
+                        "; it has no jobs".to_string()
+                    } else if names.len() > 30 {
+                        format!(
+                            "; {} jobs there (see `dwflow jobs list`), e.g. {}",
+                            names.len(),
+                            names[..10].join(", ")
+                        )
+                    } else {
+                        format!("; jobs here: {}", names.join(", "))
+                    }
+                });
+            Err(BackendError::new(
+                ErrorKind::NotFound,
+                format!("no job named `{name}` in the {kind} environment{hint}"),
+            ))
+        }
+        many => Err(BackendError::new(
+            ErrorKind::Ambiguous,
+            format!(
+                "{} jobs are named `{name}` (ids {}); use `job_id` to pick one",
+                many.len(),
+                many.iter()
+                    .map(|j| j.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
 }

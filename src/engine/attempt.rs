@@ -281,6 +281,20 @@ async fn run_instance(
                 )
                 .await
             }
+            Some(Phase::Invoking { .. }) if !shared.backend.idempotent_invoke() => {
+                // The previous process sent this invocation and stopped before hearing
+                // the answer; this environment has no idempotency key, so sending it
+                // again could start the job twice.
+                AttemptEnd::Failed {
+                    message: format!(
+                        "attempt {attempt} was being invoked when dwflow stopped: the run may or may not have started; \
+                         check the job's runs in the {} environment, then run the pipeline again",
+                        shared.backend.kind()
+                    ),
+                    retryable: false,
+                    kind: RetryOn::Failure,
+                }
+            }
             Some(Phase::Invoking {
                 idempotency_key,
                 params,
