@@ -615,3 +615,135 @@ async fn resume_reattaches_to_runs_in_flight_and_never_invokes_twice() {
     assert!(reattached);
     assert_eq!(report.steps[1].remote_run_ids, vec![inv[1].run_id.clone()]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn resume_after_an_interrupted_cancellation_runs_the_cancelled_work_again() {
+    // A first Ctrl-C cancels the remote runs; a second one kills dwflow before it
+    // records the outcome. Resume must finish the pipeline, not report a failure.
+    let yaml = "name: r\nsteps:\n  - id: a\n    job: A\n  - id: b\n    job: B\n";
+    let c = checked(yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        state_dir: dir.path().to_path_buf(),
+        inline_journal: true,
+        ..RunOptions::default()
+    };
+    let backend = Arc::new(
+        ScriptedBackend::new(AttemptScript::success(secs(60)))
+            .job("A", ok(60))
+            .job("B", ok(60)),
+    );
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(secs(20)).await;
+        c2.cancel();
+    });
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let cut = tokio::time::timeout(
+        Duration::from_millis(20_050),
+        run_pipeline(
+            backend.clone(),
+            &c,
+            IndexMap::new(),
+            options.clone(),
+            tx,
+            cancel,
+            None,
+        ),
+    )
+    .await;
+    assert!(cut.is_err(), "cut off while waiting for the cancellation");
+    tokio::time::sleep(secs(5)).await;
+    assert!(backend.invocations()[0].canceled);
+    let run_id = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .to_string();
+    let state = dwflow::engine::ResumeState::load(dir.path(), &run_id).unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let report = run_pipeline(
+        backend.clone(),
+        &c,
+        IndexMap::new(),
+        options,
+        tx,
+        CancellationToken::new(),
+        Some(state),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.state, RunState::Succeeded, "{:?}", report.steps);
+    let inv = backend.invocations();
+    assert_eq!(
+        inv.iter().filter(|i| i.job == "A").count(),
+        2,
+        "the cancelled run and one new attempt"
+    );
+    assert_eq!(inv.iter().filter(|i| i.job == "B").count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_a_failed_run_repairs_it() {
+    let yaml =
+        "name: r\nsteps:\n  - id: a\n    job: A\n  - id: b\n    job: B\n  - id: c\n    job: C\n";
+    let c = checked(yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        state_dir: dir.path().to_path_buf(),
+        inline_journal: true,
+        ..RunOptions::default()
+    };
+    let backend = Arc::new(
+        ScriptedBackend::new(AttemptScript::success(secs(5)))
+            .job("A", ok(5))
+            .job("C", ok(5))
+            .job(
+                "B",
+                JobScript {
+                    attempts: vec![
+                        AttemptScript::failure(secs(5), "disk full", false),
+                        AttemptScript::success(secs(5)),
+                    ],
+                },
+            ),
+    );
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let first = run_pipeline(
+        backend.clone(),
+        &c,
+        IndexMap::new(),
+        options.clone(),
+        tx,
+        CancellationToken::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.state, RunState::Failed);
+    let state = dwflow::engine::ResumeState::load(dir.path(), &first.run_id).unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let second = run_pipeline(
+        backend.clone(),
+        &c,
+        IndexMap::new(),
+        options,
+        tx,
+        CancellationToken::new(),
+        Some(state),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.state, RunState::Succeeded);
+    let inv = backend.invocations();
+    let count = |j: &str| inv.iter().filter(|i| i.job == j).count();
+    assert_eq!((count("A"), count("B"), count("C")), (1, 2, 1));
+    assert_ne!(
+        inv[1].key, inv[2].key,
+        "the repair is a new attempt with its own key"
+    );
+}

@@ -201,6 +201,9 @@ enum AttemptEnd {
         retryable: bool,
         kind: RetryOn,
     },
+    /// The remote run ended `canceled` without this process asking (someone else, or
+    /// an earlier dwflow process that was interrupted).
+    CanceledRemotely(String),
     Canceled(String),
     /// The environment itself failed (credentials): no retry helps.
     Environment(String),
@@ -336,6 +339,21 @@ async fn run_instance(
                 }
             }
         };
+        // A remote cancellation we did not ask for is a failure; when resuming, it is
+        // most likely the previous process's own cancellation on interruption, and
+        // the work is still wanted: it gets a new attempt, like an interrupted run.
+        let end = match end {
+            AttemptEnd::CanceledRemotely(message) => AttemptEnd::Failed {
+                message,
+                retryable: resumed_in_flight,
+                kind: if resumed_in_flight {
+                    RetryOn::Transient
+                } else {
+                    RetryOn::Failure
+                },
+            },
+            other => other,
+        };
         let (outcome, message, retryable) = match &end {
             AttemptEnd::Succeeded(_) => (Outcome::Succeeded, None, false),
             AttemptEnd::Failed {
@@ -351,7 +369,9 @@ async fn run_instance(
                 Some(message.clone()),
                 *retryable,
             ),
-            AttemptEnd::Canceled(m) => (Outcome::Canceled, Some(m.clone()), false),
+            AttemptEnd::Canceled(m) | AttemptEnd::CanceledRemotely(m) => {
+                (Outcome::Canceled, Some(m.clone()), false)
+            }
             AttemptEnd::Environment(m) => (Outcome::Failed, Some(m.clone()), false),
         };
         shared.record_lazy(Record::AttemptFinished {
@@ -438,7 +458,9 @@ async fn run_instance(
                     environment_error: None,
                 };
             }
-            AttemptEnd::Canceled(message) | AttemptEnd::Environment(message) => {
+            AttemptEnd::Canceled(message)
+            | AttemptEnd::CanceledRemotely(message)
+            | AttemptEnd::Environment(message) => {
                 let env = (outcome == Outcome::Failed).then(|| message.clone());
                 shared.emit(Event::InstanceFinished {
                     instance: id.clone(),
@@ -640,6 +662,13 @@ async fn watch(
         Stop::Timeout => "timed out",
     };
     let final_status = cancel_and_wait(shared, remote).await;
+    if let Some(status) = &final_status
+        && status.is_success()
+    {
+        // The run had already succeeded when the cancellation reached it: its work is
+        // done, and reporting it as cancelled would make a resume run it again.
+        return finished(shared, step, status.clone(), params).await;
+    }
     let detail = match &final_status {
         Some(s) => format!("run {remote} {}", describe_terminal(s)),
         None => format!(
@@ -695,6 +724,9 @@ async fn finished(
 ) -> AttemptEnd {
     if !status.is_success() {
         let message = describe_terminal(&status);
+        if status.result == Some(crate::backend::RunResult::Canceled) {
+            return AttemptEnd::CanceledRemotely(message);
+        }
         return AttemptEnd::Failed {
             message,
             retryable: status.retryable,
@@ -705,7 +737,20 @@ async fn finished(
             },
         };
     }
-    // `expect`: datasets that must exist after success.
+    // `expect`: datasets that must exist after success (where the environment has any).
+    if let Some(expect) = &step.expect
+        && !expect.datasets.is_empty()
+        && !shared.backend.has_datasets()
+    {
+        shared.emit(Event::Warning {
+            message: format!(
+                "step {}: `expect` not checked: the {} target has no datasets",
+                step.id,
+                shared.backend.kind()
+            ),
+        });
+        return AttemptEnd::Succeeded(status.outputs);
+    }
     if let Some(expect) = &step.expect {
         let mut outputs = params.clone();
         outputs.extend(status.outputs.clone());

@@ -222,8 +222,9 @@ impl ResumeState {
                             environment_error: None,
                         },
                     );
-                    if matches!(outcome, Outcome::NotRun | Outcome::Canceled) {
-                        // Run again on resume, as new attempts (fresh idempotency keys).
+                    if *outcome != Outcome::Succeeded {
+                        // Run again on resume, as new attempts (fresh idempotency keys):
+                        // resuming a failed run repairs it.
                         if let Some(s) = state.steps.get_mut(step) {
                             for inst in s.instances.values_mut() {
                                 if inst.phase != Phase::Retry {
@@ -240,11 +241,11 @@ impl ResumeState {
                 Record::RunStarted { .. } | Record::Resumed { .. } => {}
             }
         }
-        // Steps that did not finish because the run stopped (not run, cancelled) run
-        // again on resume.
+        // Only succeeded steps are accepted; the others (failed, cancelled, not run,
+        // skipped because of them) run again.
         state
             .finished
-            .retain(|_, r| !matches!(r.outcome, Outcome::NotRun | Outcome::Canceled));
+            .retain(|_, r| r.outcome == Outcome::Succeeded);
         Ok(state)
     }
 }

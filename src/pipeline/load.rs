@@ -198,7 +198,14 @@ fn remove_pointer(json: &mut Value, ptr: &str) {
         return;
     };
     let key = last.replace("~1", "/").replace("~0", "~");
-    if let Some(Value::Object(map)) = json.pointer_mut(parent) {
-        map.shift_remove(&key);
+    match json.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.shift_remove(&key);
+        }
+        // An item of a list: removing it would shift the positions of the items after
+        // it (and of every finding about them), so drop the whole list instead, unless
+        // it is the list of steps, which the analysis needs.
+        Some(Value::Array(_)) if parent != "/steps" => remove_pointer(json, parent),
+        _ => {}
     }
 }
