@@ -44,6 +44,12 @@ pub enum Command {
     /// Datasets of the target.
     #[command(subcommand)]
     Datasets(DatasetsCommand),
+    /// Jobs of the target.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Serve the Data Workbench gateway API and the Databricks Jobs API over a local
+    /// workspace, with fault injection, for tests and demos.
+    Emulator(crate::emulator::EmulatorArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -114,6 +120,28 @@ pub enum DatasetsCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// List the target's jobs: id, name, creator, created.
+    List {
+        #[command(flatten)]
+        target: crate::target::TargetArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job with its parameters, defaults and descriptions.
+    Describe {
+        /// The job's name, or its numeric id.
+        job: String,
+        #[command(flatten)]
+        target: crate::target::TargetArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(clap::Args, Debug)]
 pub struct ValidateArgs {
     /// Files or directories (walked for *.yaml and *.yml).
@@ -125,6 +153,11 @@ pub struct ValidateArgs {
     /// Fail (exit 2) on warnings too.
     #[arg(long)]
     pub deny_warnings: bool,
+    /// Also check every step's job and parameters against the target (network).
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub target: crate::target::TargetArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +177,11 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
     pub format: PlanFormat,
+    /// Look each step's job up in the target and show its parameters' descriptions.
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub target: crate::target::TargetArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +232,13 @@ pub fn run(cli: Cli) -> Exit {
             limit,
             target,
         }) => crate::inspect::datasets_show(&target, &name, format, limit),
+        Command::Jobs(JobsCommand::List { target, json }) => {
+            crate::inspect::jobs_list(&target, json)
+        }
+        Command::Jobs(JobsCommand::Describe { job, target, json }) => {
+            crate::inspect::jobs_describe(&target, &job, json)
+        }
+        Command::Emulator(a) => crate::emulator::cli::run(&a),
     }
 }
 
@@ -288,7 +333,14 @@ pub fn validate_files(files: &[PathBuf]) -> Vec<FileReport> {
 
 fn validate(args: ValidateArgs) -> Exit {
     let (files, mut reports) = collect_files(&args.paths);
-    reports.extend(validate_files(&files));
+    if args.remote {
+        match crate::remote_check::validate_remote(&files, &args.target) {
+            Ok(r) => reports.extend(r),
+            Err(exit) => return exit,
+        }
+    } else {
+        reports.extend(validate_files(&files));
+    }
     let errors: usize = reports.iter().map(FileReport::errors).sum();
     let warnings: usize = reports.iter().map(FileReport::warnings).sum();
     let mut out = String::new();
@@ -359,7 +411,13 @@ fn plan_cmd(args: PlanArgs) -> Exit {
             return Exit::Invalid;
         }
     };
-    let plan = plan::plan(&checked, &params);
+    let mut plan = plan::plan(&checked, &params);
+    if args.remote
+        && let Err(exit) =
+            crate::remote_check::describe_plan_jobs(&checked, &mut plan, &args.target)
+    {
+        return exit;
+    }
     match args.format {
         PlanFormat::Json => {
             println!(
@@ -414,15 +472,89 @@ fn render_plan(plan: &plan::Plan) -> String {
                 items.join(", ")
             );
         }
-        let width = s.params.keys().map(String::len).max().unwrap_or(0);
-        for (k, v) in &s.params {
-            let _ = writeln!(out, "    {k:width$} = {v}");
-        }
+        render_params(s, &mut out);
         for n in &s.notes {
             let _ = writeln!(out, "    note: {n}");
         }
     }
     out
+}
+
+/// A step's parameters; with `--remote`, each one's description beside it, and the job's
+/// parameters the step leaves to their defaults.
+fn render_params(s: &plan::PlannedStep, out: &mut String) {
+    use std::fmt::Write as _;
+    let job_params = s.remote.as_ref().and_then(|r| r.parameters.as_ref());
+    let defaulted: Vec<&crate::backend::JobParam> = job_params
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p.default.is_some() && !s.params.contains_key(&p.name))
+                .collect()
+        })
+        .unwrap_or_default();
+    let width = s
+        .params
+        .keys()
+        .map(String::len)
+        .chain(defaulted.iter().map(|p| p.name.len()))
+        .max()
+        .unwrap_or(0);
+    let describe = |name: &str| -> Option<&str> {
+        job_params?
+            .iter()
+            .find(|p| p.name == name)?
+            .description
+            .as_deref()
+    };
+    // Descriptions line up after values of ordinary length.
+    let vw = s
+        .params
+        .values()
+        .map(|v| v.chars().count())
+        .chain(
+            defaulted
+                .iter()
+                .map(|p| p.default.as_deref().unwrap_or_default().chars().count()),
+        )
+        .filter(|n| *n <= 40)
+        .max()
+        .unwrap_or(0);
+    for (k, v) in &s.params {
+        match describe(k) {
+            Some(d) => {
+                let _ = writeln!(out, "    {k:width$} = {v:vw$}  # {d}");
+            }
+            None => {
+                let _ = writeln!(out, "    {k:width$} = {v}");
+            }
+        }
+    }
+    for p in defaulted {
+        let d = p.default.as_deref().unwrap_or_default();
+        let desc = p
+            .description
+            .as_deref()
+            .map(|x| format!("; {x}"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "    {:width$} = {d:vw$}  # job default{desc}", p.name);
+    }
+    if let Some(r) = &s.remote {
+        match (&r.problem, r.job_id, &r.parameters) {
+            (Some(p), _, _) => {
+                let _ = writeln!(out, "    remote: {p}");
+            }
+            (None, Some(id), None) => {
+                let _ = writeln!(
+                    out,
+                    "    remote: job id {id}; the target does not say which parameters the job takes"
+                );
+            }
+            (None, Some(id), Some(_)) => {
+                let _ = writeln!(out, "    remote: job id {id}");
+            }
+            _ => {}
+        }
+    }
 }
 
 fn graph(args: GraphArgs) -> Exit {

@@ -28,7 +28,7 @@ fn block_on<F: std::future::Future<Output = Exit>>(f: F) -> Exit {
 fn open(args: &TargetArgs) -> Result<target::Target, Exit> {
     target::open(args).map_err(|e| {
         eprintln!("error: {e}");
-        Exit::Environment
+        e.exit()
     })
 }
 
@@ -160,4 +160,130 @@ pub fn render_rows(rows: &Rows, format: RowsFormat) -> String {
             out
         }
     }
+}
+
+/// `dwflow jobs list`.
+pub fn jobs_list(args: &TargetArgs, json: bool) -> Exit {
+    block_on(async {
+        let t = match open(args) {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        match t.backend.list_jobs().await {
+            Ok(mut jobs) => {
+                jobs.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&jobs).unwrap_or_default()
+                    );
+                } else if jobs.is_empty() {
+                    println!("no jobs in target {}", t.name);
+                } else {
+                    let w = jobs
+                        .iter()
+                        .map(|j| j.name.chars().count())
+                        .max()
+                        .unwrap_or(4)
+                        .max(4);
+                    println!("{:<18}  {:<w$}  {:<30}  CREATED", "ID", "NAME", "CREATOR");
+                    for j in jobs {
+                        println!(
+                            "{:<18}  {:<w$}  {:<30}  {}",
+                            j.id,
+                            j.name,
+                            j.creator.as_deref().unwrap_or("-"),
+                            j.created.as_deref().unwrap_or("-")
+                        );
+                    }
+                }
+                Exit::Success
+            }
+            Err(e) => {
+                eprintln!("error: {}", e.message);
+                backend_exit(&e)
+            }
+        }
+    })
+}
+
+/// `dwflow jobs describe NAME|ID`.
+pub fn jobs_describe(args: &TargetArgs, job: &str, json: bool) -> Exit {
+    let job_ref = match job.trim().parse::<u64>() {
+        Ok(id) => crate::backend::JobRef::Id(id),
+        Err(_) => crate::backend::JobRef::Name(job.to_string()),
+    };
+    block_on(async {
+        let t = match open(args) {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        match t.backend.describe_job(&job_ref).await {
+            Ok(info) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&info).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", describe_text(&info, t.backend.kind()));
+                }
+                Exit::Success
+            }
+            Err(e) => {
+                eprintln!("error: {}", e.message);
+                backend_exit(&e)
+            }
+        }
+    })
+}
+
+/// A job for people: id, name, creator, created, and its parameters.
+pub fn describe_text(info: &crate::backend::JobInfo, kind: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "name:     {}", info.name);
+    let _ = writeln!(out, "id:       {}", info.id);
+    let _ = writeln!(out, "creator:  {}", info.creator.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "created:  {}", info.created.as_deref().unwrap_or("-"));
+    match &info.parameters {
+        None if kind == "workbench" => {
+            let _ = writeln!(
+                out,
+                "parameters: not known: the Data Workbench gateway does not return a job's parameters; see the job in Data Workbench (Analytics) or in its Databricks workspace"
+            );
+        }
+        None => {
+            let _ = writeln!(out, "parameters: not known: the {kind} target does not say");
+        }
+        Some(ps) if ps.is_empty() => {
+            let _ = writeln!(out, "parameters: none");
+        }
+        Some(ps) => {
+            let _ = writeln!(out, "parameters:");
+            let w = ps.iter().map(|p| p.name.chars().count()).max().unwrap_or(0);
+            let defaults: Vec<String> = ps
+                .iter()
+                .map(|p| match &p.default {
+                    Some(d) => format!("default {d}"),
+                    None => "required".to_string(),
+                })
+                .collect();
+            let dw = defaults
+                .iter()
+                .map(|d| d.chars().count())
+                .max()
+                .unwrap_or(0);
+            for (p, d) in ps.iter().zip(&defaults) {
+                let line = format!(
+                    "  {:<w$}  {:<dw$}  {}",
+                    p.name,
+                    d,
+                    p.description.as_deref().unwrap_or("")
+                );
+                let _ = writeln!(out, "{}", line.trim_end());
+            }
+        }
+    }
+    out
 }

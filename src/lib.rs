@@ -1,13 +1,16 @@
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod diagnostic;
 pub mod duration;
+pub mod emulator;
 pub mod engine;
 pub mod exit;
 pub mod graph;
 pub mod inspect;
 pub mod pipeline;
 pub mod plan;
+pub mod remote_check;
 pub mod report;
 pub mod runner;
 pub mod secrets;

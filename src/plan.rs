@@ -180,6 +180,21 @@ pub struct PlannedStep {
     /// Problems met while rendering (e.g. a filter failing on a placeholder).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The job as the target describes it (`plan --remote`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteJob>,
+}
+
+/// A step's job as the target describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteJob {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<u64>,
+    /// `None`: the target does not say (the Data Workbench gateway).
+    pub parameters: Option<Vec<crate::backend::JobParam>>,
+    /// Why the job could not be described (not found, ambiguous).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// A whole plan, as `plan --format json` prints it.
@@ -288,6 +303,7 @@ pub fn plan(checked: &CheckedPipeline, params: &IndexMap<String, Value>) -> Plan
             for_each: items,
             skip,
             notes,
+            remote: None,
         });
     }
     let mut steps: Vec<PlannedStep> = planned.into_iter().flatten().collect();
@@ -313,7 +329,9 @@ fn render(
         Err(e) => {
             notes.push(format!(
                 "`{text}` cannot be rendered before the run: {}",
-                e.detail().unwrap_or("error")
+                // (`OutOfFuel` has no detail; its kind says "engine ran out of fuel".)
+                e.detail()
+                    .map_or_else(|| e.kind().to_string(), str::to_string)
             ));
             format!("<run-time: {text}>")
         }
@@ -411,5 +429,47 @@ impl Object for Placeholder {
     }
     fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "<run-time: {}>", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::load::load_bytes;
+
+    /// Inputs the fuzzer (`fuzz/`) found or that guard the same bounds: each loads, and
+    /// when valid with defaults for every parameter, plans, in bounded time and memory.
+    #[test]
+    fn fuzz_regressions_load_and_plan() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuzz-regressions");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz-regressions dir") {
+            let path = entry.expect("dir entry").path();
+            let bytes = std::fs::read(&path).expect("readable");
+            let loaded = load_bytes(&path.display().to_string(), &bytes);
+            seen += 1;
+            let Some(checked) = loaded.checked else {
+                continue;
+            };
+            if let Ok(params) = resolve_params(&checked.pipeline, &[]) {
+                let _ = plan(&checked, &params);
+            }
+        }
+        assert!(seen > 0, "no files in {}", dir.display());
+    }
+
+    #[test]
+    fn a_render_bomb_runs_out_of_fuel() {
+        let bytes =
+            include_bytes!("../tests/fixtures/fuzz-regressions/render-bomb.yaml").as_slice();
+        let checked = load_bytes("render-bomb.yaml", bytes)
+            .checked
+            .expect("the bomb is a valid pipeline");
+        let params = resolve_params(&checked.pipeline, &[]).expect("no params");
+        let planned = plan(&checked, &params);
+        let step = &planned.steps[0];
+        assert!(step.params["X"].starts_with("<run-time:"), "{step:?}");
+        assert!(step.notes.iter().any(|n| n.contains("fuel")), "{step:?}");
     }
 }

@@ -104,7 +104,7 @@ pub fn run(
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");
-                return Exit::Environment;
+                return e.exit();
             }
         };
         let mut exit = Exit::Success;
@@ -188,14 +188,24 @@ pub fn resume(
         Ok(rt) => rt,
         Err(e) => return e,
     };
+    // Resume where the run started: its remote run ids mean nothing elsewhere.
     rt.block_on(async {
-        let target = match target::open(target) {
+        let target = match target::open_for_resume(target, &state.target) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");
-                return Exit::Environment;
+                return e.exit();
             }
         };
+        if target.name != state.target {
+            eprintln!(
+                "error: run {run_id} was started on target `{}`; resuming it on `{}` would start its jobs again in another environment (give --target {} or leave --target out)",
+                state.target,
+                target.name,
+                state.target.strip_prefix("local:").map_or(state.target.as_str(), |_| "local")
+            );
+            return Exit::Invalid;
+        }
         execute(&target, &checked, params, engine, Some(state)).await
     })
 }

@@ -7,6 +7,10 @@ use std::sync::{Mutex, OnceLock};
 
 use minijinja::{Environment, UndefinedBehavior};
 
+/// Work one render may do: about one unit per instruction or per 64 bytes of data
+/// (so at most about 64 MB), far beyond what any job parameter template needs.
+pub const RENDER_FUEL: u64 = 1_000_000;
+
 /// The environment every pipeline template is compiled and rendered in.
 pub fn environment() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
@@ -15,6 +19,10 @@ pub fn environment() -> &'static Environment<'static> {
         // A reference to something that does not exist is an error, never "".
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        // One render or evaluation may do this much work: pipeline files are untrusted
+        // input, and `{% for a in 'x' * 100000 %}{% for b in 'x' * 100000 %}` would
+        // otherwise run (and grow) without end in plan and run.
+        env.set_fuel(Some(RENDER_FUEL));
         // A value is sent as written: a block scalar's final line break (`|`) stays,
         // as it does in a value without a template.
         if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()

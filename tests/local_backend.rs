@@ -731,7 +731,16 @@ async fn assessment_on_the_real_data() {
         .into_iter()
         .map(|j| j.name)
         .collect();
-    assert_eq!(jobs, ["Assessment", "QualityReport", "TurbineRanking"]);
+    assert_eq!(
+        jobs,
+        [
+            "Assessment",
+            "CompareYears",
+            "QualityReport",
+            "TurbineMonthly",
+            "TurbineRanking"
+        ]
+    );
 
     let (_, status) = run_job(
         &b,

@@ -240,6 +240,12 @@ pub trait Backend: Send + Sync {
     /// Asks for cancellation; callers poll `status` until terminal to confirm.
     async fn cancel(&self, run: &RunId) -> Result<(), BackendError>;
 
+    /// Whether the environment has datasets at all. Databricks' Jobs API has none: there
+    /// the engine skips `expect` checks (with a warning) instead of failing the step.
+    fn has_datasets(&self) -> bool {
+        true
+    }
+
     async fn list_datasets(&self) -> Result<Vec<DatasetInfo>, BackendError>;
 
     async fn find_dataset(&self, name: &str) -> Result<Option<DatasetInfo>, BackendError>;
