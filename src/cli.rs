@@ -112,7 +112,7 @@ pub enum DatasetsCommand {
         name: String,
         #[arg(long, value_enum, default_value_t = crate::inspect::RowsFormat::Table)]
         format: crate::inspect::RowsFormat,
-        /// At most this many rows.
+        /// At most this many rows (0: all). The table format shows 100 by default.
         #[arg(long)]
         limit: Option<usize>,
         #[command(flatten)]

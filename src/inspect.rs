@@ -86,9 +86,24 @@ pub fn datasets_show(
             Ok(t) => t,
             Err(e) => return e,
         };
-        match t.backend.read_dataset(name, limit).await {
-            Ok(rows) => {
+        // A table is for reading: show the first rows unless asked for more. CSV and
+        // JSON are for programs: everything.
+        const TABLE_ROWS: usize = 100;
+        let effective = match (format, limit) {
+            (_, Some(0)) => None,
+            (RowsFormat::Table, None) => Some(TABLE_ROWS + 1),
+            (_, l) => l,
+        };
+        match t.backend.read_dataset(name, effective).await {
+            Ok(mut rows) => {
+                let cut =
+                    format == RowsFormat::Table && limit.is_none() && rows.rows.len() > TABLE_ROWS;
+                rows.rows
+                    .truncate(if cut { TABLE_ROWS } else { rows.rows.len() });
                 print!("{}", render_rows(&rows, format));
+                if cut {
+                    eprintln!("(first {TABLE_ROWS} rows; --limit N for more, --limit 0 for all)");
+                }
                 Exit::Success
             }
             Err(e) => {

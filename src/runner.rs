@@ -75,6 +75,22 @@ pub fn run(
             return Exit::Invalid;
         }
     };
+    // With several pipelines each takes the parameters it declares; a name that none
+    // declares is a typo, not something to drop silently.
+    if checked.len() > 1 {
+        let unknown: Vec<String> = given
+            .iter()
+            .filter(|(k, _)| !checked.iter().any(|c| c.pipeline.params.contains_key(k)))
+            .map(|(k, _)| format!("`{k}`"))
+            .collect();
+        if !unknown.is_empty() {
+            eprintln!(
+                "error: no pipeline given declares parameter {}",
+                unknown.join(", ")
+            );
+            return Exit::Invalid;
+        }
+    }
     // Resolve every pipeline's parameters before running any of them.
     let mut resolved = Vec::new();
     for c in &checked {
@@ -233,16 +249,21 @@ async fn execute(
 ) -> Exit {
     // Local runs finish in milliseconds to seconds: check them sooner; remote runs
     // take minutes and each check is an API call.
-    let first = if target.backend.kind() == "local" {
-        std::time::Duration::from_millis(50)
+    let (first, cap) = if target.backend.kind() == "local" {
+        // A local status check is a memory read: check often, so that the durations
+        // shown are the runs' own, not the polling interval's.
+        (
+            std::time::Duration::from_millis(50),
+            args.poll_cap.min(std::time::Duration::from_millis(250)),
+        )
     } else {
-        PollPolicy::default().first
+        (PollPolicy::default().first, args.poll_cap)
     };
     let options = RunOptions {
         state_dir: args.state_dir.clone(),
         poll: PollPolicy {
-            first: first.min(args.poll_cap),
-            cap: args.poll_cap,
+            first: first.min(cap),
+            cap,
             ..PollPolicy::default()
         },
         target: target.name.clone(),
@@ -267,7 +288,15 @@ async fn execute(
     match result {
         Ok(report) => {
             match args.format {
-                SummaryFormat::Human => print!("{}", summary::table(&report)),
+                SummaryFormat::Human => {
+                    print!("{}", summary::table(&report));
+                    if report.state != RunState::Succeeded {
+                        eprintln!(
+                            "to continue this run (succeeded steps are kept): dwflow resume {}",
+                            report.run_id
+                        );
+                    }
+                }
                 SummaryFormat::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&report).unwrap_or_default()
@@ -309,9 +338,7 @@ async fn watch_signals(cancel: CancellationToken) {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
-    eprintln!(
-        "\ninterrupted: cancelling the runs this pipeline started and waiting for them to stop (press Ctrl-C again to exit at once)"
-    );
+    eprintln!("\ninterrupted: cancelling running jobs (Ctrl-C again: exit now)");
     cancel.cancel();
     tokio::select! {
         _ = int.recv() => {}
@@ -367,7 +394,7 @@ pub fn runs_show(state_dir: &Path, run_id: &str) -> Exit {
             Exit::Success
         }
         Err(e) => {
-            eprintln!("error: no run {run_id} in {}: {e}", state_dir.display());
+            eprintln!("error: {e}");
             Exit::Invalid
         }
     }

@@ -206,7 +206,8 @@ pub fn open_selection(sel: &Selection) -> Result<Target, TargetError> {
     let backend: Arc<dyn Backend> = match &sel.spec {
         TargetSpec::Local { workspace } => {
             if !workspace.is_dir() {
-                return Err(TargetError::environment(format!(
+                // A path the user gave (or the default, from the wrong directory).
+                return Err(TargetError::invalid(format!(
                     "the local workspace {} does not exist (give --workspace DIR with datasets/ and jobs/ in it)",
                     workspace.display()
                 )));

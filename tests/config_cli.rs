@@ -126,9 +126,9 @@ fn without_a_configuration_the_target_is_local() {
         listed(dwflow(d.path()).env("DWFLOW_WORKSPACE", "w"), &[]),
         "a"
     );
-    // The default examples/workspace, which this directory lacks: exit 3.
+    // The default examples/workspace, which this directory lacks: a usage error, exit 2.
     let out = dwflow(d.path()).args(["jobs", "list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("examples/workspace does not exist"));
     // A named target without any configuration file: exit 2.
     let out = dwflow(d.path())

@@ -154,8 +154,31 @@ impl Journal {
 
 /// Reads a journal; a torn final line (crash mid-write) is ignored.
 pub fn read(state_dir: &Path, run_id: &str) -> std::io::Result<Vec<Record>> {
+    // A run id is a name, never a path: `../x` or `/tmp/x` must not reach the disk.
+    if run_id.is_empty()
+        || !run_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{run_id}` is not a run id (see `dwflow runs list`)"),
+        ));
+    }
     let path = state_dir.join(run_id).join("journal.jsonl");
-    let file = File::open(&path)?;
+    let file = File::open(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "no run {run_id} in {} (see `dwflow runs list`)",
+                    state_dir.display()
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     let mut out = Vec::new();
     for line in BufReader::new(file).lines() {
         let line = line?;

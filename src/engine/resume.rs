@@ -76,8 +76,7 @@ impl ResumeState {
 
     /// Loads a run's state from `<state_dir>/<run_id>/`.
     pub fn load(state_dir: &Path, run_id: &str) -> Result<ResumeState, String> {
-        let records = journal::read(state_dir, run_id)
-            .map_err(|e| format!("cannot read the journal of run {run_id}: {e}"))?;
+        let records = journal::read(state_dir, run_id).map_err(|e| e.to_string())?;
         let source = std::fs::read_to_string(state_dir.join(run_id).join("pipeline.yaml"))
             .map_err(|e| format!("cannot read the pipeline of run {run_id}: {e}"))?;
         let Some(Record::RunStarted {

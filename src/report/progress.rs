@@ -72,9 +72,10 @@ pub fn plain_line(e: &Event) -> Option<String> {
             steps,
             resumed,
         } => format!(
-            "{} run {run_id} of {pipeline} ({} steps)",
+            "{} run {run_id} of {pipeline} ({} step{})",
             if *resumed { "resuming" } else { "starting" },
-            steps.len()
+            steps.len(),
+            if steps.len() == 1 { "" } else { "s" }
         ),
         Event::Invoking {
             instance,
