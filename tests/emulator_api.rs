@@ -269,6 +269,20 @@ impl Server {
         body["jobs"][0]["job_id"].as_u64().unwrap()
     }
 
+    /// Waits until a run is RUNNING, and a little more (so that its query has started).
+    async fn wait_running(&self, run_id: u64) {
+        let start = Instant::now();
+        loop {
+            let (_, run) = self.dbx_get(&format!("runs/get?run_id={run_id}")).await;
+            if run["state"]["life_cycle_state"] == "RUNNING" {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{run}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     async fn dbx_wait(&self, run_id: u64) -> Value {
         let start = Instant::now();
         loop {
@@ -633,6 +647,7 @@ async fn gateway_failing_job_reports_the_sqlite_message() {
 async fn gateway_cancel_stops_the_run() {
     let s = start(|_| {}).await;
     let run = s.invoke("Forever", json!({})).await;
+    s.wait_running(run).await;
     // Cancel by GET (as documented) and by POST (a no-op the second time).
     s.gw_ok(reqwest::Method::GET, &format!("/runs/{run}/cancel"), None)
         .await;
@@ -941,11 +956,12 @@ async fn databricks_cancel() {
     let id = s.dbx_job_id("Forever").await;
     let (_, started) = s.dbx_post("run-now", json!({"job_id": id})).await;
     let run_id = started["run_id"].as_u64().unwrap();
+    s.wait_running(run_id).await;
     let (status, body) = s.dbx_post("runs/cancel", json!({"run_id": run_id})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({}));
     let run = s.dbx_wait(run_id).await;
-    assert_eq!(run["state"]["result_state"], "CANCELED");
+    assert_eq!(run["state"]["result_state"], "CANCELED", "{run}");
     assert_eq!(run["status"]["termination_details"]["code"], "CANCELED");
     // A no-op on a finished run.
     let (status, _) = s.dbx_post("runs/cancel", json!({"run_id": run_id})).await;

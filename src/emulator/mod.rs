@@ -117,6 +117,10 @@
 //! | timed out | TERMINATED | TIMEDOUT | TERMINATED | RUN_EXECUTION_ERROR / CLIENT_ERROR |
 //!
 //! The state message is the local run's message (the SQLite error, on failure), else "".
+//! Cancel is asynchronous as on Databricks (TERMINATING, then TERMINATED/CANCELED); while a
+//! cancelled run has not ended, each status look repeats the cancel to the local run.
+//! Runs live in the emulator's memory: a restarted emulator knows none of the runs of the
+//! previous one (their local records stay in the workspace).
 //!
 //! # Faults (seeded, `--seed`)
 //!
@@ -361,15 +365,12 @@ fn build(emu: Arc<Emu>) -> Router {
     let gw = Router::new()
         .route("/workspaces/{ws}/jobs", get(gateway::list_jobs))
         .route(
-            "/workspaces/{ws}/jobs/{job_id}/invoke",
+            "/workspaces/{ws}/jobs/{jobId}/invoke",
             post(gateway::invoke),
         )
+        .route("/workspaces/{ws}/runs/{runId}/status", get(gateway::status))
         .route(
-            "/workspaces/{ws}/runs/{run_id}/status",
-            get(gateway::status),
-        )
-        .route(
-            "/workspaces/{ws}/runs/{run_id}/cancel",
+            "/workspaces/{ws}/runs/{runId}/cancel",
             get(gateway::cancel).post(gateway::cancel),
         )
         .route(

@@ -255,7 +255,10 @@ pub(crate) async fn cancel(emu: &Emu, run_id: u64) -> Result<(), BackendError> {
                 entry.cancel_requested = true;
                 return Ok(());
             }
-            Phase::Started(local) => local.clone(),
+            Phase::Started(local) => {
+                entry.cancel_requested = true;
+                local.clone()
+            }
             Phase::StartFailed { .. } | Phase::CanceledBeforeStart { .. } => return Ok(()),
         }
     };
@@ -294,7 +297,7 @@ impl RunView {
 
 /// The current view of a run.
 pub(crate) async fn view(emu: &Emu, run_id: u64) -> Result<RunView, BackendError> {
-    let (mut v, local) = {
+    let (mut v, local, cancel_requested) = {
         let map = emu.runs.lock();
         let entry = map.get(&run_id).ok_or_else(|| not_found(run_id))?;
         let mut v = RunView {
@@ -344,13 +347,23 @@ pub(crate) async fn view(emu: &Emu, run_id: u64) -> Result<RunView, BackendError
                 None
             }
         };
-        (v, local)
+        (v, local, entry.cancel_requested)
     };
     if let Some(local) = local {
         let backend = emu.backend.clone();
-        let rec = tokio::task::spawn_blocking(move || backend.run_record(&local))
+        let id = local.clone();
+        let rec = tokio::task::spawn_blocking(move || backend.run_record(&id))
             .await
             .map_err(|e| BackendError::new(ErrorKind::Internal, e.to_string()))??;
+        if cancel_requested && !rec.is_terminal() {
+            // Cancelled but still going: ask again. A local SQL run can miss a cancel
+            // that arrives just as its query starts (SQLite drops an interrupt while no
+            // statement runs); Databricks does not lose cancels, so the emulator repeats
+            // it at each look until the run ends.
+            if let Err(e) = emu.backend.cancel(&local).await {
+                tracing::debug!("emulator: repeating the cancel of run {run_id}: {e}");
+            }
+        }
         v.lifecycle = rec.state.clone();
         v.result = rec.result.clone();
         v.message = rec.message.clone();
