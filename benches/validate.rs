@@ -5,7 +5,9 @@
 //! - `validate` of one 10,000-step DAG (fan-in and fan-out, templated params reading
 //!   upstream outputs, `when`, `retry`, `timeout`);
 //! - `validate` of a directory of 500 typical pipelines (5-15 steps each);
-//! - `plan` of the 10,000-step DAG.
+//! - `plan` of the 10,000-step DAG;
+//! - `validate` of the same DAG with an error in almost every step (exit 2), whose
+//!   findings are all reported and printed.
 //!
 //! For each case it prints the median, best and worst wall time and the child's peak
 //! resident memory (`ru_maxrss` from `wait4`), against the targets of the issue.
@@ -255,14 +257,15 @@ fn run_once(bin: &Path, args: &[&str]) -> Sample {
     }
 }
 
-/// Runs a case `RUNS` times; panics (with the command's output) if it does not exit 0.
-fn measure(bin: &Path, args: &[&str]) -> Vec<Sample> {
+/// Runs a case `RUNS` times; panics (with the command's output) if it does not exit
+/// with `expect` (0: the generated pipelines are valid).
+fn measure(bin: &Path, args: &[&str], expect: i32) -> Vec<Sample> {
     let samples: Vec<Sample> = (0..RUNS).map(|_| run_once(bin, args)).collect();
-    if let Some(bad) = samples.iter().find(|s| s.code != 0) {
+    if let Some(bad) = samples.iter().find(|s| s.code != expect) {
         let output = Command::new(bin).args(args).output().expect("rerun dwflow");
         let show = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(4000)]).into_owned();
         panic!(
-            "`dwflow {}` exited {}\nstdout:\n{}\nstderr:\n{}",
+            "`dwflow {}` exited {} (expected {expect})\nstdout:\n{}\nstderr:\n{}",
             args.join(" "),
             bad.code,
             show(&output.stdout),
@@ -301,6 +304,10 @@ fn main() {
     let text = big_dag(BIG_STEPS, 0x5eed_2026);
     std::fs::write(&big, &text).expect("write big DAG");
     let big_bytes = text.len();
+    // The same DAG with an error in almost every step: each first `needs` entry names a
+    // step that does not exist (so its outputs are read without a dependency, too).
+    let bad = dir.path().join("big-dag-bad.yaml");
+    std::fs::write(&bad, text.replace("needs: [s_", "needs: [x_")).expect("write bad DAG");
 
     let many = dir.path().join("pipelines");
     std::fs::create_dir(&many).expect("mkdir");
@@ -325,22 +332,29 @@ fn main() {
 
     let big_s = big.to_str().expect("utf-8 path");
     let many_s = many.to_str().expect("utf-8 path");
+    let bad_s = bad.to_str().expect("utf-8 path");
     let mut rows = vec![
         Row {
             case: format!("validate {BIG_STEPS}-step DAG"),
-            samples: measure(&bin, &["validate", big_s]),
+            samples: measure(&bin, &["validate", big_s], 0),
             time_target: Some(Duration::from_secs(1)),
             rss_target: Some(200 * 1024 * 1024),
         },
         Row {
             case: format!("validate dir of {TYPICAL_FILES} files"),
-            samples: measure(&bin, &["validate", many_s]),
+            samples: measure(&bin, &["validate", many_s], 0),
             time_target: Some(Duration::from_secs(1)),
             rss_target: None,
         },
         Row {
             case: format!("plan {BIG_STEPS}-step DAG"),
-            samples: measure(&bin, &["plan", big_s]),
+            samples: measure(&bin, &["plan", big_s], 0),
+            time_target: None,
+            rss_target: None,
+        },
+        Row {
+            case: format!("validate {BIG_STEPS} steps, all bad"),
+            samples: measure(&bin, &["validate", bad_s], 2),
             time_target: None,
             rss_target: None,
         },

@@ -97,6 +97,7 @@ impl FileReport {
 
 /// `PATH:LINE:COL: error[CODE]: message`, then the source line with a caret and the hint.
 pub fn render_human(report: &FileReport, out: &mut String) {
+    let mut lines = LineCursor::new(report.source.as_deref());
     for d in &report.diagnostics {
         let _ = writeln!(
             out,
@@ -108,11 +109,7 @@ pub fn render_human(report: &FileReport, out: &mut String) {
             d.code,
             d.message
         );
-        if let Some(line_text) = report
-            .source
-            .as_deref()
-            .and_then(|s| s.lines().nth(d.line as usize - 1))
-        {
+        if let Some(line_text) = lines.line(d.line as usize) {
             let gutter = d.line.to_string().len();
             let shown: String = line_text.chars().take(160).collect();
             let col = (d.column as usize).saturating_sub(1);
@@ -142,6 +139,40 @@ pub fn render_human(report: &FileReport, out: &mut String) {
             let _ = writeln!(out, "  = hint: {hint}");
         }
         out.push('\n');
+    }
+}
+
+/// The lines of a text by number (1-based), read forward from the last one asked for:
+/// findings come sorted by line, so a report reads its file once, not once per finding
+/// (which was quadratic: minutes for a big file with an error on every step).
+struct LineCursor<'a> {
+    text: Option<&'a str>,
+    lines: std::str::Lines<'a>,
+    /// Number of the line `lines` yields next.
+    next: usize,
+}
+
+impl<'a> LineCursor<'a> {
+    fn new(text: Option<&'a str>) -> Self {
+        LineCursor {
+            text,
+            lines: text.unwrap_or_default().lines(),
+            next: 1,
+        }
+    }
+
+    fn line(&mut self, n: usize) -> Option<&'a str> {
+        let text = self.text?;
+        if n == 0 {
+            return None;
+        }
+        if n < self.next {
+            self.lines = text.lines();
+            self.next = 1;
+        }
+        let line = self.lines.nth(n - self.next);
+        self.next = n + 1;
+        line
     }
 }
 
@@ -228,4 +259,43 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_cursor_finds_lines_in_any_order() {
+        let text = "a\nb\r\n\nd";
+        let mut cursor = LineCursor::new(Some(text));
+        for n in [1usize, 2, 2, 4, 3, 1, 5, 0, 4] {
+            let expected = n.checked_sub(1).and_then(|i| text.lines().nth(i));
+            assert_eq!(cursor.line(n), expected, "line {n}");
+        }
+        assert_eq!(LineCursor::new(None).line(1), None);
+    }
+
+    #[test]
+    fn many_findings_render_each_with_its_line() {
+        let source: String = (1..=2000).map(|i| format!("line {i}\n")).collect();
+        let pos = |line| Pos {
+            line,
+            col: 1,
+            ..Pos::default()
+        };
+        let report = FileReport {
+            path: "big.yaml".into(),
+            source: Some(source),
+            diagnostics: [1500, 2, 2000, 7]
+                .into_iter()
+                .map(|l| Diagnostic::error("x", pos(l), "m"))
+                .collect(),
+        };
+        let mut out = String::new();
+        render_human(&report, &mut out);
+        for l in [1500, 2, 2000, 7] {
+            assert!(out.contains(&format!("{l} | line {l}\n")), "{out}");
+        }
+    }
 }

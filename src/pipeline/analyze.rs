@@ -31,6 +31,7 @@ pub fn analyze(p: &Pipeline, tree: &Node, source: &str) -> Analysis {
         source,
         out: Vec::new(),
         dashed: HashMap::new(),
+        hint_budget: std::cell::Cell::new(HINT_BUDGET),
     };
     for (i, step) in p.steps.iter().enumerate() {
         if let Some((first, _)) = step.id.split_once('-') {
@@ -71,6 +72,9 @@ struct Analyzer<'a> {
     /// Steps whose id has a `-`, by the part before the first `-` (`daily` for
     /// `daily-energy`), so a template is checked against those it may name only.
     dashed: HashMap<&'a str, Vec<usize>>,
+    /// Comparisons left for "did you mean" hints among step ids and params: a big file
+    /// with thousands of unknown ids would otherwise compare each with every step.
+    hint_budget: std::cell::Cell<usize>,
 }
 
 impl<'a> Analyzer<'a> {
@@ -82,6 +86,21 @@ impl<'a> Analyzer<'a> {
 
     fn node(&self, pointer: &str) -> Option<&'a Node> {
         self.tree.lookup(pointer, self.source)
+    }
+
+    /// `did_you_mean` among `count` candidates, while the hint budget lasts.
+    fn suggest<'c>(
+        &self,
+        word: &str,
+        count: usize,
+        candidates: impl IntoIterator<Item = &'c str>,
+    ) -> Option<String> {
+        let left = self.hint_budget.get();
+        if count > left {
+            return None;
+        }
+        self.hint_budget.set(left - count);
+        did_you_mean(word, candidates)
     }
 
     fn step_label(&self, i: usize) -> String {
@@ -176,8 +195,14 @@ impl<'a> Analyzer<'a> {
                                 }
                             }
                             None => {
-                                let hint = did_you_mean(need, ids.iter().copied())
-                                    .unwrap_or_else(|| format!("known steps: {}", preview(&ids)));
+                                let hint = self
+                                    .suggest(need, ids.len(), ids.iter().copied())
+                                    .unwrap_or_else(|| {
+                                        format!(
+                                            "known steps: {}",
+                                            preview(ids.iter().copied(), "steps")
+                                        )
+                                    });
                                 self.out.push(
                                     Diagnostic::error(
                                         "unknown-need",
@@ -415,7 +440,12 @@ impl<'a> Analyzer<'a> {
         for (name, value) in params {
             let ptr = format!("{base}/{}", pointer_escape(name));
             if !self.p.params.contains_key(name) {
-                let hint = did_you_mean(name, self.p.params.keys().map(String::as_str))
+                let hint = self
+                    .suggest(
+                        name,
+                        self.p.params.len(),
+                        self.p.params.keys().map(String::as_str),
+                    )
                     .unwrap_or_else(|| "trigger params set the pipeline's `params`".to_string());
                 self.out.push(
                     Diagnostic::error(
@@ -620,15 +650,20 @@ impl<'a> Analyzer<'a> {
                 if self.p.params.contains_key(*name) {
                     return None;
                 }
-                let hint = did_you_mean(name, self.p.params.keys().map(String::as_str))
+                let hint = self
+                    .suggest(
+                        name,
+                        self.p.params.len(),
+                        self.p.params.keys().map(String::as_str),
+                    )
                     .unwrap_or_else(|| {
                         if self.p.params.is_empty() {
                             "declare it under `params:` at the top of the file".to_string()
                         } else {
-                            format!(
-                                "declared params: {}",
-                                self.p.params.keys().cloned().collect::<Vec<_>>().join(", ")
-                            )
+                            // The first few only: one hint per finding, and a file
+                            // can have thousands of each (gigabytes of hints).
+                            let names = self.p.params.keys().map(String::as_str);
+                            format!("declared params: {}", preview(names, "params"))
                         }
                     });
                 Some(
@@ -643,7 +678,8 @@ impl<'a> Analyzer<'a> {
             "steps" if !trigger => {
                 let id = parts.get(1)?;
                 let Some(&target) = index.get(id) else {
-                    let hint = did_you_mean(id, index.keys().copied())
+                    let hint = self
+                        .suggest(id, index.len(), index.keys().copied())
                         .unwrap_or_else(|| "refer to a step by its `id`".to_string());
                     return Some(
                         Diagnostic::error(
@@ -772,6 +808,11 @@ impl<'a> Analyzer<'a> {
     }
 }
 
+/// Step-id and parameter comparisons that "did you mean" hints may make in one file
+/// (about 0.1 s): every hint in a file of hundreds of steps, the first hundreds in a
+/// 10,000-step one.
+const HINT_BUDGET: usize = 2_000_000;
+
 /// Filters offered in "did you mean" hints.
 const KNOWN_FILTER_HINTS: &[&str] = &[
     "abs",
@@ -825,11 +866,13 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn preview(ids: &[&str]) -> String {
-    if ids.len() <= 8 {
-        ids.join(", ")
+fn preview<'s>(items: impl ExactSizeIterator<Item = &'s str>, noun: &str) -> String {
+    let total = items.len();
+    let first: Vec<&str> = items.take(8).collect();
+    if total <= 8 {
+        first.join(", ")
     } else {
-        format!("{}, ... ({} steps)", ids[..8].join(", "), ids.len())
+        format!("{}, ... ({total} {noun})", first.join(", "))
     }
 }
 
@@ -891,5 +934,60 @@ pub fn canonical_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::pipeline::load::load_bytes;
+
+    /// Thousands of unknown `needs`, each compared with every step for a hint, took half
+    /// a minute on a 10,000-step file: hints stop when the budget is spent, the errors
+    /// do not.
+    #[test]
+    fn did_you_mean_hints_are_budgeted() {
+        let n = 2_100;
+        let mut text = String::from("name: many-unknown-needs\nsteps:\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "  - id: step_{i:05}\n    job: J\n    needs: [stepp_{i:05}]\n"
+            ));
+        }
+        let loaded = load_bytes("big.yaml", text.as_bytes());
+        let unknown: Vec<_> = loaded
+            .report
+            .diagnostics
+            .iter()
+            .filter(|d| d.code == "unknown-need")
+            .collect();
+        assert_eq!(unknown.len(), n);
+        let hinted = |d: &crate::diagnostic::Diagnostic| {
+            d.hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("did you mean"))
+        };
+        assert!(hinted(unknown[0]), "{:?}", unknown[0]);
+        assert!(!hinted(unknown[n - 1]), "{:?}", unknown[n - 1]);
+        let budgeted = unknown.iter().filter(|d| hinted(d)).count();
+        assert_eq!(budgeted, super::HINT_BUDGET / n);
+    }
+
+    /// Each undefined-param hint listed every declared param: 30,000 such references
+    /// to a file of 10,000 params made gigabytes of hints.
+    #[test]
+    fn undefined_param_hints_list_a_few_params() {
+        let mut text = String::from("name: many-params\nparams:\n");
+        for i in 0..20 {
+            text.push_str(&format!("  p{i:02}:\n    default: x\n"));
+        }
+        text.push_str("steps:\n  - id: a\n    job: J\n    params:\n      K: \"{{ params.zz }}\"\n");
+        let loaded = load_bytes("params.yaml", text.as_bytes());
+        let d = &loaded.report.diagnostics;
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].code, "undefined-param");
+        assert_eq!(
+            d[0].hint.as_deref(),
+            Some("declared params: p00, p01, p02, p03, p04, p05, p06, p07, ... (20 params)")
+        );
     }
 }
