@@ -249,21 +249,25 @@ async fn execute(
 ) -> Exit {
     // Local runs finish in milliseconds to seconds: check them sooner; remote runs
     // take minutes and each check is an API call.
-    let (first, cap) = if target.backend.kind() == "local" {
+    let (first, cap, far_cap) = if target.backend.kind() == "local" {
         // A local status check is a memory read: check often, so that the durations
         // shown are the runs' own, not the polling interval's.
+        let cap = args.poll_cap.min(std::time::Duration::from_millis(250));
         (
             std::time::Duration::from_millis(50),
-            args.poll_cap.min(std::time::Duration::from_millis(250)),
+            cap,
+            std::time::Duration::from_secs(2),
         )
     } else {
-        (PollPolicy::default().first, args.poll_cap)
+        let default = PollPolicy::default();
+        (default.first, args.poll_cap, default.far_cap)
     };
     let options = RunOptions {
         state_dir: args.state_dir.clone(),
         poll: PollPolicy {
             first: first.min(cap),
             cap,
+            far_cap: far_cap.max(cap),
             ..PollPolicy::default()
         },
         target: target.name.clone(),

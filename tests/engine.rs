@@ -18,6 +18,18 @@ fn checked(yaml: &str) -> CheckedPipeline {
     loaded.checked.expect("valid pipeline")
 }
 
+/// The id of the one run journalled in a state directory.
+fn only_run(state_dir: &std::path::Path) -> String {
+    let runs: Vec<String> = std::fs::read_dir(state_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].clone()
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -574,14 +586,7 @@ async fn resume_reattaches_to_runs_in_flight_and_never_invokes_twice() {
     )
     .await;
     assert!(first.is_err(), "the first process was cut off");
-    let run_id = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .to_string();
+    let run_id = only_run(dir.path());
     let state = dwflow::engine::ResumeState::load(dir.path(), &run_id).unwrap();
     assert_eq!(
         state.finished_steps(),
@@ -656,14 +661,7 @@ async fn resume_after_an_interrupted_cancellation_runs_the_cancelled_work_again(
     assert!(cut.is_err(), "cut off while waiting for the cancellation");
     tokio::time::sleep(secs(5)).await;
     assert!(backend.invocations()[0].canceled);
-    let run_id = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .to_string();
+    let run_id = only_run(dir.path());
     let state = dwflow::engine::ResumeState::load(dir.path(), &run_id).unwrap();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let report = run_pipeline(
@@ -746,4 +744,57 @@ async fn resuming_a_failed_run_repairs_it() {
         inv[1].key, inv[2].key,
         "the repair is a new attempt with its own key"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn later_runs_poll_by_the_duration_of_earlier_ones() {
+    let c = checked("name: p\nsteps:\n  - id: a\n    job: Long\n");
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        state_dir: dir.path().to_path_buf(),
+        inline_journal: true,
+        ..RunOptions::default()
+    };
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let backend =
+            Arc::new(ScriptedBackend::new(AttemptScript::success(secs(1))).job("Long", ok(1800)));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let report = run_pipeline(
+            backend.clone(),
+            &c,
+            IndexMap::new(),
+            options.clone(),
+            tx,
+            CancellationToken::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.state, RunState::Succeeded);
+        calls.push(backend.status_calls());
+    }
+    // The first run knows nothing: it checks every 10 s once the ramp is over. The
+    // next ones expect 30 minutes and check sparsely until the end draws near.
+    assert!(calls[0] >= 180, "{calls:?}");
+    assert!(calls[1] <= 22 && calls[2] <= 22, "{calls:?}");
+    // Without learning, every run polls as the first did.
+    let backend =
+        Arc::new(ScriptedBackend::new(AttemptScript::success(secs(1))).job("Long", ok(1800)));
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    run_pipeline(
+        backend.clone(),
+        &c,
+        IndexMap::new(),
+        RunOptions {
+            learn_durations: false,
+            ..options
+        },
+        tx,
+        CancellationToken::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(backend.status_calls(), calls[0]);
 }

@@ -20,14 +20,27 @@ use crate::backend::{ErrorKind, Lifecycle, RunId, RunStatus};
 use crate::duration::parse_duration;
 use crate::pipeline::model::{RetryOn, Step, StepDefaults};
 
-/// How often a run's status is checked: at once after the invocation (a run that fails
-/// instantly is seen instantly), then after `first`, growing by `factor` up to `cap`.
-/// Status calls therefore grow with the logarithm of the run's length until the cap.
+/// How often a run's status is checked.
+///
+/// Without history: at once after the invocation (a run that fails instantly is seen
+/// instantly), then after `first`, growing by `factor` up to `cap`, so status calls grow
+/// with the logarithm of the run's length until the cap.
+///
+/// With an expected duration `E` (from earlier successful runs of the same job on the
+/// same target, see [`super::history`]): at once, then halfway to `E` each time (at
+/// least `cap` apart, at most `far_cap`), then just after `E`, then at intervals that
+/// grow with the overrun up to `cap`. A run that ends around or after `E` is therefore
+/// noticed within `cap`, with a handful of calls whatever its length; one that ends well
+/// before `E` is noticed within the interval then in force (at most `far_cap`).
 #[derive(Debug, Clone)]
 pub struct PollPolicy {
     pub first: Duration,
     pub factor: f64,
+    /// The longest interval near and after a run's expected end, and without history:
+    /// the bound on detection latency for runs that end as expected.
     pub cap: Duration,
+    /// The longest interval far from a run's expected end.
+    pub far_cap: Duration,
 }
 
 impl Default for PollPolicy {
@@ -36,18 +49,53 @@ impl Default for PollPolicy {
             first: Duration::from_millis(500),
             factor: 2.0,
             cap: Duration::from_secs(10),
+            far_cap: Duration::from_secs(120),
         }
     }
 }
 
 impl PollPolicy {
-    /// The delay before check number `n` (0-based).
+    /// The delay before check number `n` (0-based) without history.
     pub fn delay(&self, n: u32) -> Duration {
         if n == 0 {
             return Duration::ZERO;
         }
-        let secs = self.first.as_secs_f64() * self.factor.powi(n as i32 - 1);
+        let secs = self.first.as_secs_f64() * self.factor.powi(n.min(64) as i32 - 1);
         Duration::from_secs_f64(secs.min(self.cap.as_secs_f64()))
+    }
+
+    /// The delay before check number `n`, `elapsed` after the run started, when runs
+    /// of this job took about `expected`.
+    pub fn delay_expecting(
+        &self,
+        n: u32,
+        elapsed: Duration,
+        expected: Option<Duration>,
+    ) -> Duration {
+        let Some(expected) = expected else {
+            return self.delay(n);
+        };
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let cap = self.cap.as_secs_f64();
+        let e = expected.as_secs_f64();
+        let t = elapsed.as_secs_f64();
+        // How far past the expected end the first check after it lands: small against
+        // the run's length and the latency bound, so the end is seen soon after it.
+        let margin = (cap / 4.0).min(e / 10.0).max(0.001);
+        let secs = if t >= e {
+            // Overrunning: intervals grow with the overrun, up to the bound.
+            (t - e).max(margin).min(cap)
+        } else {
+            let remaining = e - t;
+            if remaining > 2.0 * cap {
+                (remaining / 2.0).clamp(cap, self.far_cap.as_secs_f64().max(cap))
+            } else {
+                remaining + margin
+            }
+        };
+        Duration::from_secs_f64(secs)
     }
 }
 
@@ -272,11 +320,13 @@ async fn run_instance(
                     remote_run_id: remote_run_id.clone(),
                 });
                 run_ids.push(remote_run_id.clone());
+                // The run's start is unknown here: poll without expectations, and
+                // do not learn its duration.
                 watch(
                     shared,
                     &id,
                     step,
-                    attempt,
+                    None,
                     &RunId(remote_run_id),
                     timeout,
                     cancel,
@@ -514,6 +564,10 @@ async fn invoke_and_watch(
         },
         None => None,
     };
+    let masked: IndexMap<String, String> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), shared.mask(v)))
+        .collect();
     if let Err(e) = shared
         .record(Record::Invoking {
             step: step.id.clone(),
@@ -521,10 +575,7 @@ async fn invoke_and_watch(
             attempt,
             job_id,
             idempotency_key: key.to_string(),
-            params: params
-                .iter()
-                .map(|(k, v)| (k.clone(), shared.mask(v)))
-                .collect(),
+            params: masked.clone(),
             at: journal::now(),
         })
         .await
@@ -536,6 +587,7 @@ async fn invoke_and_watch(
         instance: id.clone(),
         job: job_label.to_string(),
         attempt,
+        params: masked,
     });
     let remote = match shared.backend.invoke(job_id, params, key).await {
         Ok(r) => r,
@@ -576,7 +628,17 @@ async fn invoke_and_watch(
         attempt,
         remote_run_id: remote.0.clone(),
     });
-    watch(shared, id, step, attempt, &remote, timeout, cancel, params).await
+    watch(
+        shared,
+        id,
+        step,
+        Some(job_id),
+        &remote,
+        timeout,
+        cancel,
+        params,
+    )
+    .await
 }
 
 enum Stop {
@@ -590,19 +652,22 @@ async fn watch(
     shared: &Arc<RunShared>,
     id: &InstanceId,
     step: &Step,
-    _attempt: u32,
+    learn_job: Option<u64>,
     remote: &RunId,
     timeout: Option<Duration>,
     cancel: &CancellationToken,
     params: &IndexMap<String, String>,
 ) -> AttemptEnd {
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let begun = tokio::time::Instant::now();
+    let deadline = timeout.map(|t| begun + t);
+    let expected = learn_job.and_then(|job| shared.expected_duration(job));
+    let mut last_check = begun;
     let mut n = 0u32;
     let mut last: Option<Lifecycle> = None;
     let mut warned_unknown = false;
     let mut consecutive_errors = 0u32;
     let stop = loop {
-        let delay = shared.poll.delay(n);
+        let delay = shared.poll.delay_expecting(n, begun.elapsed(), expected);
         n += 1;
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         tokio::select! {
@@ -610,6 +675,7 @@ async fn watch(
             _ = cancel.cancelled() => break Stop::Cancel,
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => break Stop::Timeout,
         }
+        let checked_at = tokio::time::Instant::now();
         match shared.backend.status(remote).await {
             Ok(status) => {
                 consecutive_errors = 0;
@@ -630,8 +696,16 @@ async fn watch(
                     last = Some(status.lifecycle.clone());
                 }
                 if status.is_terminal() {
+                    if let Some(job) = learn_job
+                        && status.is_success()
+                    {
+                        // The run ended between the last two checks: take the middle.
+                        let ended = last_check + (checked_at - last_check) / 2;
+                        shared.learn_duration(job, ended - begun);
+                    }
                     return finished(shared, step, status, params).await;
                 }
+                last_check = checked_at;
             }
             Err(e) if e.kind == ErrorKind::Auth => {
                 return AttemptEnd::Environment(format!(
@@ -815,5 +889,78 @@ fn describe_terminal(s: &RunStatus) -> String {
     match &s.message {
         Some(m) if !m.is_empty() => format!("{result}: {m}"),
         _ => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks made and detection latency for a run that ends after `run_secs`.
+    fn simulate(policy: &PollPolicy, run_secs: f64, expected: Option<f64>) -> (u32, f64) {
+        let expected = expected.map(Duration::from_secs_f64);
+        let mut t = 0.0;
+        let mut n = 0;
+        loop {
+            t += policy
+                .delay_expecting(n, Duration::from_secs_f64(t), expected)
+                .as_secs_f64();
+            n += 1;
+            if t >= run_secs {
+                return (n, t - run_secs);
+            }
+        }
+    }
+
+    #[test]
+    fn without_history_checks_grow_to_the_cap() {
+        let p = PollPolicy::default();
+        let delays: Vec<f64> = (0..8).map(|n| p.delay(n).as_secs_f64()).collect();
+        assert_eq!(delays, [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]);
+        let (calls, latency) = simulate(&p, 60.0, None);
+        assert_eq!(calls, 11);
+        assert!(latency <= 10.0);
+    }
+
+    #[test]
+    fn with_history_a_run_ending_as_expected_takes_few_checks_within_the_cap() {
+        let p = PollPolicy::default();
+        for (secs, most_calls) in [(60.0, 5), (1800.0, 22), (7200.0, 70)] {
+            let (calls, latency) = simulate(&p, secs, Some(secs));
+            assert!(calls <= most_calls, "{secs}s: {calls} calls");
+            assert!(latency <= 10.0, "{secs}s: {latency}s late");
+            let (without, _) = simulate(&p, secs, None);
+            assert!(calls < without);
+        }
+    }
+
+    #[test]
+    fn with_history_overruns_and_early_ends_stay_bounded() {
+        let p = PollPolicy::default();
+        // Longer than expected: noticed within the cap.
+        for actual in [61.0, 75.0, 300.0, 2000.0] {
+            let (_, latency) = simulate(&p, actual, Some(60.0));
+            assert!(latency <= 10.0, "{actual}s: {latency}s late");
+        }
+        // Much shorter than expected: noticed within the far cap.
+        for actual in [1.0, 100.0, 900.0] {
+            let (_, latency) = simulate(&p, actual, Some(1800.0));
+            assert!(latency <= 120.0, "{actual}s: {latency}s late");
+        }
+        // Short expected runs are checked at about their length, not after the cap.
+        let (calls, latency) = simulate(&p, 2.0, Some(2.0));
+        assert!(
+            calls <= 2 && latency <= 0.5,
+            "{calls} calls, {latency}s late"
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_stable_and_fit_databricks() {
+        let a = idempotency_key("r1", "s", None, 1);
+        assert_eq!(a, idempotency_key("r1", "s", None, 1));
+        assert_ne!(a, idempotency_key("r1", "s", Some(0), 1));
+        assert_ne!(a, idempotency_key("r1", "s", None, 2));
+        assert!(a.len() <= 64);
     }
 }

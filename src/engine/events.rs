@@ -95,6 +95,8 @@ pub enum Event {
         instance: InstanceId,
         job: String,
         attempt: u32,
+        /// The rendered parameters sent, secrets masked.
+        params: IndexMap<String, String>,
     },
     /// The environment accepted the invocation.
     Started {

@@ -7,6 +7,7 @@
 mod attempt;
 mod context;
 pub mod events;
+pub mod history;
 pub mod journal;
 pub mod resume;
 mod writer;
@@ -51,6 +52,12 @@ pub struct RunOptions {
     /// Write the journal on the engine's thread instead of a group-commit thread
     /// (deterministic tests in paused time).
     pub inline_journal: bool,
+    /// Learn how long each job's runs take (`history.sqlite` in the state directory)
+    /// and poll by the expected duration.
+    pub learn_durations: bool,
+    /// The id of a new run (default: a fresh one). The service picks it so that its
+    /// history names the run before the journal exists.
+    pub run_id: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -63,6 +70,8 @@ impl Default for RunOptions {
             event: Value::Null,
             trigger: "manual".into(),
             inline_journal: false,
+            learn_durations: true,
+            run_id: None,
         }
     }
 }
@@ -119,6 +128,11 @@ pub(crate) struct RunShared {
     pub parallel: Option<Arc<Semaphore>>,
     /// Secret values, masked wherever text leaves the engine.
     pub secrets: Vec<String>,
+    /// Run durations of earlier runs, per job on this target.
+    pub history: Option<history::DurationHistory>,
+    pub target: String,
+    /// Expected durations already looked up, per job id.
+    pub expected: std::sync::Mutex<HashMap<u64, Option<Duration>>>,
 }
 
 impl RunShared {
@@ -127,6 +141,22 @@ impl RunShared {
     }
     pub fn mask(&self, text: &str) -> String {
         crate::secrets::mask(text, &self.secrets)
+    }
+    /// How long runs of `job` took before on this target, if known.
+    pub fn expected_duration(&self, job: u64) -> Option<Duration> {
+        let history = self.history.as_ref()?;
+        let mut cache = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        *cache
+            .entry(job)
+            .or_insert_with(|| history.expected(&self.target, job))
+    }
+    /// Remembers how long a successful run of `job` took.
+    pub fn learn_duration(&self, job: u64, took: Duration) {
+        if let Some(history) = &self.history
+            && let Err(e) = history.record(&self.target, job, took)
+        {
+            self.emit(Event::Warning { message: e });
+        }
     }
     /// Journals a record and waits until it is on disk.
     pub async fn record(&self, r: Record) -> Result<(), String> {
@@ -183,7 +213,7 @@ pub async fn run_pipeline(
             (r.run_id.clone(), j)
         }
         None => {
-            let run_id = new_run_id();
+            let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
             let mut j = Journal::create(&options.state_dir, &run_id, &checked.source)
                 .map_err(|e| EngineError::Journal(e.to_string()))?;
             let masked = crate::plan::masked_params(p, &params);
@@ -207,6 +237,19 @@ pub async fn run_pipeline(
             (run_id, j)
         }
     };
+    let history = if options.learn_durations {
+        match history::DurationHistory::open(&options.state_dir) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let _ = events.send(Event::Warning {
+                    message: format!("{e}; polling without the durations of earlier runs"),
+                });
+                None
+            }
+        }
+    } else {
+        None
+    };
     let shared = Arc::new(RunShared {
         backend,
         journal: if options.inline_journal {
@@ -220,6 +263,9 @@ pub async fn run_pipeline(
         run_id: run_id.clone(),
         parallel: p.max_parallel.map(|n| Arc::new(Semaphore::new(n as usize))),
         secrets,
+        history,
+        target: options.target.clone(),
+        expected: std::sync::Mutex::new(HashMap::new()),
     });
     let _ = events.send(Event::RunStarted {
         run_id: run_id.clone(),
@@ -258,7 +304,8 @@ pub async fn run_pipeline(
     Ok(report)
 }
 
-fn new_run_id() -> String {
+/// A new pipeline run id: time-ordered, unique.
+pub fn new_run_id() -> String {
     // Time-ordered, so `runs list` and directory listings sort by start.
     let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let short = uuid::Uuid::new_v4().simple().to_string();

@@ -81,6 +81,7 @@ pub fn plain_line(e: &Event) -> Option<String> {
             instance,
             job,
             attempt,
+            ..
         } => {
             if *attempt > 1 {
                 format!("{instance}: invoking {job} (attempt {attempt})")
@@ -169,6 +170,7 @@ impl Live {
                 instance,
                 job,
                 attempt,
+                ..
             } => {
                 let msg = if *attempt > 1 {
                     format!("invoking {job} (attempt {attempt})")
