@@ -199,6 +199,7 @@ fn the_invalid_corpus_is_large_and_covers_every_kind_of_fault() {
         "invalid-duration",
         "default-type",
         "invalid-cron",
+        "invalid-timezone",
         "yaml-budget",
         "invalid-utf8",
         "empty-file",

@@ -424,6 +424,34 @@ impl<'a> Analyzer<'a> {
                         "write 5 fields (minute hour day month weekday), or 6 with seconds first",
                     ),
                 );
+            } else if let Err(e) = <croner::Cron as std::str::FromStr>::from_str(&s.cron) {
+                self.out.push(
+                    Diagnostic::error(
+                        "invalid-cron",
+                        self.pos(&format!("/on/schedule/{k}/cron")),
+                        format!("cron expression `{}`: {e}", s.cron),
+                    )
+                    .with_hint("fields: minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-7"),
+                );
+            }
+            if let Some(tz) = &s.timezone
+                && tz.parse::<chrono_tz::Tz>().is_err()
+            {
+                let hint = crate::diagnostic::did_you_mean(
+                    tz,
+                    chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()),
+                )
+                .unwrap_or_else(|| {
+                    "use an IANA time zone name, e.g. `Europe/Oslo` or `UTC`".into()
+                });
+                self.out.push(
+                    Diagnostic::error(
+                        "invalid-timezone",
+                        self.pos(&format!("/on/schedule/{k}/timezone")),
+                        format!("unknown time zone `{tz}`"),
+                    )
+                    .with_hint(hint),
+                );
             }
             self.trigger_params(&format!("/on/schedule/{k}/params"), &s.params);
         }
