@@ -27,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Check pipeline files (schema and semantics), offline; exit 2 on any error.
     Validate(ValidateArgs),
+    /// Pipelines whose files, or the local job definitions they use, changed since a git
+    /// ref (for CI).
+    Changed(crate::changed::ChangedArgs),
     /// Show what a run would do: waves, rendered parameters, placeholders. No side effects.
     Plan(PlanArgs),
     /// Print the step graph as Mermaid or Graphviz DOT.
@@ -209,6 +212,7 @@ pub enum GraphFormat {
 pub fn run(cli: Cli) -> Exit {
     match cli.command {
         Command::Validate(args) => validate(args),
+        Command::Changed(args) => crate::changed::run(&args),
         Command::Plan(args) => plan_cmd(args),
         Command::Graph(args) => graph(args),
         Command::Schema => {

@@ -1,4 +1,5 @@
 pub mod backend;
+pub mod changed;
 pub mod cli;
 pub mod config;
 pub mod diagnostic;
