@@ -53,6 +53,9 @@ pub enum Command {
     /// Serve the Data Workbench gateway API and the Databricks Jobs API over a local
     /// workspace, with fault injection, for tests and demos.
     Emulator(crate::emulator::EmulatorArgs),
+    /// Run the service: start pipelines on events, schedules, new datasets and by hand,
+    /// with an HTTP API, a durable history and a web page.
+    Serve(crate::service::ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -243,6 +246,7 @@ pub fn run(cli: Cli) -> Exit {
             crate::inspect::jobs_describe(&target, &job, json)
         }
         Command::Emulator(a) => crate::emulator::cli::run(&a),
+        Command::Serve(a) => crate::service::run(&a),
     }
 }
 

@@ -15,5 +15,6 @@ pub mod remote_check;
 pub mod report;
 pub mod runner;
 pub mod secrets;
+pub mod service;
 pub mod target;
 pub mod template;

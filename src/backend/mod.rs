@@ -248,6 +248,17 @@ pub trait Backend: Send + Sync {
 
     async fn list_datasets(&self) -> Result<Vec<DatasetInfo>, BackendError>;
 
+    /// Datasets created after `after` (RFC 3339), for the service's dataset trigger.
+    /// The filter is a hint that saves transfer where the environment supports it (the
+    /// gateway's `createdAfter`); callers still de-duplicate by name.
+    async fn list_datasets_created_after(
+        &self,
+        after: Option<&str>,
+    ) -> Result<Vec<DatasetInfo>, BackendError> {
+        let _ = after;
+        self.list_datasets().await
+    }
+
     async fn find_dataset(&self, name: &str) -> Result<Option<DatasetInfo>, BackendError>;
 
     /// Reads up to `limit` rows (all when `None`).

@@ -181,11 +181,15 @@ impl WorkbenchBackend {
     async fn dataset_page(
         &self,
         name: Option<&str>,
+        created_after: Option<&str>,
         page: u64,
     ) -> Result<(Vec<DatasetInfo>, Option<u64>), BackendError> {
         let mut body = json!({"pageIndex": page, "pageSize": PAGE_SIZE});
         if let Some(n) = name {
             body["datasetName"] = json!(n);
+        }
+        if let Some(t) = created_after {
+            body["createdAfter"] = json!(t);
         }
         let v = self
             .call(Call::post(
@@ -208,11 +212,15 @@ impl WorkbenchBackend {
 
     /// Pages through `datasets/query` (with a name filter, whose exactness is not
     /// documented: callers compare names themselves).
-    async fn datasets(&self, name: Option<&str>) -> Result<Vec<DatasetInfo>, BackendError> {
+    async fn datasets(
+        &self,
+        name: Option<&str>,
+        created_after: Option<&str>,
+    ) -> Result<Vec<DatasetInfo>, BackendError> {
         let mut out: Vec<DatasetInfo> = Vec::new();
         let mut page = 1u64;
         loop {
-            let (items, total_pages) = self.dataset_page(name, page).await?;
+            let (items, total_pages) = self.dataset_page(name, created_after, page).await?;
             let n = items.len() as u64;
             let before = out.len();
             for d in items {
@@ -236,7 +244,7 @@ impl WorkbenchBackend {
 
     async fn dataset_by_name(&self, name: &str) -> Result<Option<DatasetInfo>, BackendError> {
         let mut found: Vec<DatasetInfo> = self
-            .datasets(Some(name))
+            .datasets(Some(name), None)
             .await?
             .into_iter()
             .filter(|d| d.name == name)
@@ -410,9 +418,16 @@ impl Backend for WorkbenchBackend {
     }
 
     async fn list_datasets(&self) -> Result<Vec<DatasetInfo>, BackendError> {
-        let mut all = self.datasets(None).await?;
+        let mut all = self.datasets(None, None).await?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
+    }
+
+    async fn list_datasets_created_after(
+        &self,
+        after: Option<&str>,
+    ) -> Result<Vec<DatasetInfo>, BackendError> {
+        self.datasets(None, after).await
     }
 
     async fn find_dataset(&self, name: &str) -> Result<Option<DatasetInfo>, BackendError> {

@@ -1,0 +1,582 @@
+//! The service's run manager: admits pipeline runs under each pipeline's concurrency
+//! policy (`allow`, `queue`, `skip`, `cancel_previous`), executes them with the engine,
+//! records their progress in the history from the engine's events, cancels them, and at
+//! start-up takes back the runs a previous process left: in-flight runs are resumed
+//! from their journals exactly as `dwflow resume` does (remote runs reattached, never
+//! invoked twice), queued ones are queued again.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::Metrics;
+use super::store::{NewRun, Store, StoreError};
+use crate::backend::Backend;
+use crate::engine::events::{Event, RunState};
+use crate::engine::{self, PollPolicy, ResumeState, RunOptions, RunReport};
+use crate::pipeline::load::{CheckedPipeline, load_bytes};
+use crate::pipeline::model::Concurrency;
+
+/// A request to start a pipeline run.
+#[derive(Clone)]
+pub struct StartRequest {
+    pub checked: Arc<CheckedPipeline>,
+    /// Resolved, typed parameter values (secrets included: they stay in memory).
+    pub params: IndexMap<String, Value>,
+    /// `manual`, `schedule`, `event` or `dataset`.
+    pub trigger: String,
+    /// What fired: a cron tick, an event type, a dataset name.
+    pub trigger_detail: Option<String>,
+    pub event: Value,
+    pub commit: Option<String>,
+}
+
+/// What became of a start request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    Running,
+    Queued,
+    /// Dropped: a run of the pipeline was in flight and its policy is `skip`.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Admitted {
+    pub run_id: String,
+    pub state: Admission,
+}
+
+/// What a cancel request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The run is in flight: the engine cancels its remote runs and records the end.
+    Canceling,
+    /// It was waiting in the queue and is now canceled.
+    Canceled,
+    Finished(String),
+    NotFound,
+}
+
+struct Flight {
+    pipeline: String,
+    cancel: CancellationToken,
+}
+
+struct Pending {
+    run_id: String,
+    request: StartRequest,
+}
+
+#[derive(Default)]
+struct Inner {
+    flights: HashMap<String, Flight>,
+    queues: HashMap<String, VecDeque<Pending>>,
+}
+
+pub struct Manager {
+    store: Arc<Store>,
+    backend: Arc<dyn Backend>,
+    target: String,
+    state_dir: PathBuf,
+    poll: PollPolicy,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+    me: Weak<Manager>,
+}
+
+fn masked_json(checked: &CheckedPipeline, params: &IndexMap<String, Value>) -> Value {
+    serde_json::to_value(crate::plan::masked_params(&checked.pipeline, params))
+        .unwrap_or(Value::Null)
+}
+
+impl Manager {
+    pub fn new(
+        store: Arc<Store>,
+        backend: Arc<dyn Backend>,
+        target: String,
+        state_dir: PathBuf,
+        poll: PollPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Manager> {
+        Arc::new_cyclic(|me| Manager {
+            store,
+            backend,
+            target,
+            state_dir,
+            poll,
+            metrics,
+            inner: Mutex::new(Inner::default()),
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.lock().flights.len()
+    }
+
+    pub fn is_in_flight(&self, run_id: &str) -> bool {
+        self.lock().flights.contains_key(run_id)
+    }
+
+    /// Admits a run under its pipeline's concurrency policy (default `queue`).
+    pub fn submit(&self, request: StartRequest) -> Result<Admitted, StoreError> {
+        let checked = Arc::clone(&request.checked);
+        let name = checked.pipeline.name.clone();
+        let policy = checked
+            .pipeline
+            .on
+            .as_ref()
+            .and_then(|o| o.concurrency)
+            .unwrap_or(Concurrency::Queue);
+        let run_id = engine::new_run_id();
+        let mut inner = self.lock();
+        let busy = inner.flights.values().any(|f| f.pipeline == name)
+            || inner.queues.get(&name).is_some_and(|q| !q.is_empty());
+        let state = match (policy, busy) {
+            (Concurrency::Allow, _) | (_, false) => Admission::Running,
+            (Concurrency::Queue, true) => Admission::Queued,
+            (Concurrency::Skip, true) => Admission::Skipped,
+            (Concurrency::CancelPrevious, true) => {
+                for f in inner.flights.values().filter(|f| f.pipeline == name) {
+                    f.cancel.cancel();
+                }
+                // Runs waiting behind the one in flight are superseded as well.
+                for p in inner.queues.remove(&name).unwrap_or_default() {
+                    self.store.set_run_finished(
+                        &p.run_id,
+                        "canceled",
+                        None,
+                        Some("superseded by a newer run (concurrency: cancel_previous)"),
+                    )?;
+                }
+                Admission::Queued
+            }
+        };
+        let params_json = masked_json(&checked, &request.params);
+        self.store.insert_run(&NewRun {
+            run_id: &run_id,
+            pipeline: &name,
+            file: &checked.path,
+            source: &checked.source,
+            source_sha256: &crate::secrets::sha256_hex(checked.source.as_bytes()),
+            git_commit: request.commit.as_deref(),
+            target: &self.target,
+            state: match state {
+                Admission::Running => "running",
+                Admission::Queued => "queued",
+                Admission::Skipped => "skipped",
+            },
+            trigger: &request.trigger,
+            trigger_detail: request.trigger_detail.as_deref(),
+            event: &request.event,
+            params: &params_json,
+            has_secrets: checked.pipeline.params.values().any(|s| s.secret),
+        })?;
+        self.metrics
+            .trigger_fired(&name, &request.trigger, admission_text(state));
+        match state {
+            Admission::Running => self.launch(&mut inner, run_id.clone(), request, None),
+            Admission::Queued => inner.queues.entry(name).or_default().push_back(Pending {
+                run_id: run_id.clone(),
+                request,
+            }),
+            Admission::Skipped => {
+                self.store.set_run_finished(
+                    &run_id,
+                    "skipped",
+                    Some(0),
+                    Some("a run of this pipeline was in flight (concurrency: skip)"),
+                )?;
+            }
+        }
+        Ok(Admitted { run_id, state })
+    }
+
+    /// Cancels a run in flight or waiting in a queue.
+    pub fn cancel(&self, run_id: &str) -> Result<CancelOutcome, StoreError> {
+        let mut inner = self.lock();
+        if let Some(f) = inner.flights.get(run_id) {
+            f.cancel.cancel();
+            return Ok(CancelOutcome::Canceling);
+        }
+        for q in inner.queues.values_mut() {
+            if let Some(i) = q.iter().position(|p| p.run_id == run_id) {
+                q.remove(i);
+                self.store.set_run_finished(
+                    run_id,
+                    "canceled",
+                    Some(0),
+                    Some("canceled while queued"),
+                )?;
+                return Ok(CancelOutcome::Canceled);
+            }
+        }
+        drop(inner);
+        Ok(match self.store.run(run_id)? {
+            Some(r) => CancelOutcome::Finished(r.state),
+            None => CancelOutcome::NotFound,
+        })
+    }
+
+    /// Cancels every run in flight (service shutdown with `--cancel-on-shutdown`).
+    pub fn cancel_all(&self) {
+        for f in self.lock().flights.values() {
+            f.cancel.cancel();
+        }
+    }
+
+    /// Waits until no run is in flight, at most `limit`.
+    pub async fn drain(&self, limit: std::time::Duration) {
+        let end = tokio::time::Instant::now() + limit;
+        while self.in_flight() > 0 && tokio::time::Instant::now() < end {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    fn launch(
+        &self,
+        inner: &mut Inner,
+        run_id: String,
+        request: StartRequest,
+        resume: Option<ResumeState>,
+    ) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let cancel = CancellationToken::new();
+        inner.flights.insert(
+            run_id.clone(),
+            Flight {
+                pipeline: request.checked.pipeline.name.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        if resume.is_none() {
+            let plan = crate::plan::plan(&request.checked, &request.params);
+            let steps: Vec<_> = plan
+                .steps
+                .iter()
+                .map(|s| {
+                    let job = match (&s.job, s.job_id) {
+                        (Some(j), _) => j.clone(),
+                        (None, Some(id)) => format!("job_id {id}"),
+                        (None, None) => String::new(),
+                    };
+                    (s.id.clone(), job, s.needs.clone(), s.wave)
+                })
+                .collect();
+            if let Err(e) = self.store.insert_steps(&run_id, &steps) {
+                tracing::warn!(run_id, "cannot record the steps: {e}");
+            }
+        }
+        tokio::spawn(async move { me.execute(run_id, request, resume, cancel).await });
+    }
+
+    async fn execute(
+        self: Arc<Self>,
+        run_id: String,
+        request: StartRequest,
+        resume: Option<ResumeState>,
+        cancel: CancellationToken,
+    ) {
+        let pipeline = request.checked.pipeline.name.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_events(
+            Arc::clone(&self.store),
+            Arc::clone(&self.metrics),
+            run_id.clone(),
+            pipeline.clone(),
+            rx,
+        ));
+        let options = RunOptions {
+            state_dir: self.state_dir.clone(),
+            poll: self.poll.clone(),
+            target: self.target.clone(),
+            event: request.event.clone(),
+            trigger: request.trigger.clone(),
+            run_id: Some(run_id.clone()),
+            ..RunOptions::default()
+        };
+        let result = engine::run_pipeline(
+            Arc::clone(&self.backend),
+            &request.checked,
+            request.params.clone(),
+            options,
+            tx,
+            cancel,
+            resume,
+        )
+        .await;
+        let _ = recorder.await;
+        let state = match result {
+            Ok(report) => {
+                self.record_report(&report);
+                report.state.as_str().to_string()
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(run_id, pipeline, "the run could not start: {msg}");
+                let _ = self
+                    .store
+                    .set_run_finished(&run_id, "failed", None, Some(&msg));
+                "failed".to_string()
+            }
+        };
+        self.metrics.run_finished(&pipeline, &state);
+        tracing::info!(run_id, pipeline, state, "pipeline run finished");
+        let mut inner = self.lock();
+        inner.flights.remove(&run_id);
+        self.dispatch(&mut inner, &pipeline);
+    }
+
+    /// The engine's report is the final word on every step (skipped and not-run steps
+    /// included), whatever events the recorder saw.
+    fn record_report(&self, report: &RunReport) {
+        for s in &report.steps {
+            let outputs = serde_json::to_value(&s.outputs).unwrap_or(Value::Null);
+            if let Err(e) = self.store.step_finished(
+                &report.run_id,
+                &s.id,
+                s.outcome.as_str(),
+                s.duration_ms.unwrap_or(0),
+                s.message.as_deref(),
+                &outputs,
+            ) {
+                tracing::warn!(run_id = report.run_id, "cannot record step {}: {e}", s.id);
+            }
+        }
+        let error = report.environment_error.clone().or_else(|| {
+            (report.state != RunState::Succeeded).then(|| {
+                report
+                    .steps
+                    .iter()
+                    .filter(|s| s.outcome.is_failure())
+                    .map(|s| format!("{}: {}", s.id, s.message.as_deref().unwrap_or("failed")))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        });
+        let error = error.filter(|e| !e.is_empty());
+        if let Err(e) = self.store.set_run_finished(
+            &report.run_id,
+            report.state.as_str(),
+            Some(report.duration_ms),
+            error.as_deref(),
+        ) {
+            tracing::warn!(run_id = report.run_id, "cannot record the run's end: {e}");
+        }
+    }
+
+    /// Starts the next queued run of `pipeline` when none of it is in flight.
+    fn dispatch(&self, inner: &mut Inner, pipeline: &str) {
+        if inner.flights.values().any(|f| f.pipeline == pipeline) {
+            return;
+        }
+        let next = inner.queues.get_mut(pipeline).and_then(VecDeque::pop_front);
+        if let Some(p) = next {
+            if let Err(e) = self.store.set_run_state(&p.run_id, "running") {
+                tracing::warn!(run_id = p.run_id, "cannot record the run's start: {e}");
+            }
+            self.launch(inner, p.run_id, p.request, None);
+        }
+    }
+
+    /// Takes back what a previous process left: runs in flight are resumed from their
+    /// journals, queued runs are queued again. Returns how many of each.
+    pub fn recover(&self, commit: Option<&str>) -> Result<(usize, usize), StoreError> {
+        let mut resumed = 0;
+        let mut requeued = 0;
+        for row in self.store.runs_in(&["running", "queued"])? {
+            let Some((file, source)) = self.store.run_source(&row.run_id)? else {
+                continue;
+            };
+            let fail = |why: String| {
+                tracing::error!(run_id = row.run_id, "cannot take the run back: {why}");
+                self.store
+                    .set_run_finished(&row.run_id, "interrupted", None, Some(&why))
+            };
+            let Some(checked) = load_bytes(&file, source.as_bytes()).checked else {
+                fail("the pipeline it started with no longer validates".into())?;
+                continue;
+            };
+            if row.has_secrets {
+                fail(format!(
+                    "secret parameter values are never stored; continue it with `dwflow resume {} --state-dir {} -p NAME=VALUE`",
+                    row.run_id,
+                    self.state_dir.display()
+                ))?;
+                continue;
+            }
+            let params: IndexMap<String, Value> =
+                serde_json::from_value(row.params.clone()).unwrap_or_default();
+            let request = StartRequest {
+                checked: Arc::new(checked),
+                params,
+                trigger: row.trigger.clone(),
+                trigger_detail: row.trigger_detail.clone(),
+                event: row.event.clone(),
+                commit: row.git_commit.clone().or(commit.map(str::to_string)),
+            };
+            let mut inner = self.lock();
+            if row.state == "queued" {
+                inner
+                    .queues
+                    .entry(request.checked.pipeline.name.clone())
+                    .or_default()
+                    .push_back(Pending {
+                        run_id: row.run_id.clone(),
+                        request,
+                    });
+                requeued += 1;
+                continue;
+            }
+            let journal_dir = self.state_dir.join(&row.run_id);
+            if !journal_dir.join("journal.jsonl").exists() {
+                // The process stopped before the engine wrote anything: no job was
+                // invoked (invocations are journaled first), so start it afresh.
+                let _ = std::fs::remove_dir_all(&journal_dir);
+                self.launch(&mut inner, row.run_id.clone(), request, None);
+                resumed += 1;
+                continue;
+            }
+            match ResumeState::load(&self.state_dir, &row.run_id) {
+                Ok(state) if state.target != self.target => {
+                    drop(inner);
+                    fail(format!(
+                        "it was started on target `{}`, the service now runs `{}`",
+                        state.target, self.target
+                    ))?;
+                }
+                Ok(state) => match state.ended {
+                    Some(ended) => {
+                        drop(inner);
+                        self.store
+                            .set_run_finished(&row.run_id, ended.as_str(), None, None)?;
+                    }
+                    None => {
+                        tracing::info!(run_id = row.run_id, "resuming a run left in flight");
+                        let mut request = request;
+                        request.params = state.params.clone();
+                        self.launch(&mut inner, row.run_id.clone(), request, Some(state));
+                        resumed += 1;
+                    }
+                },
+                Err(e) => {
+                    drop(inner);
+                    fail(format!("its journal cannot be read: {e}"))?;
+                }
+            }
+        }
+        let mut inner = self.lock();
+        let pipelines: Vec<String> = inner.queues.keys().cloned().collect();
+        for p in pipelines {
+            self.dispatch(&mut inner, &p);
+        }
+        Ok((resumed, requeued))
+    }
+}
+
+fn admission_text(a: Admission) -> &'static str {
+    match a {
+        Admission::Running => "started",
+        Admission::Queued => "queued",
+        Admission::Skipped => "skipped",
+    }
+}
+
+/// Writes a run's progress to the history as the engine reports it.
+async fn record_events(
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    run_id: String,
+    pipeline: String,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) {
+    while let Some(event) = rx.recv().await {
+        let r = match &event {
+            Event::RunStarted { .. } => store.set_run_started(&run_id),
+            Event::Invoking {
+                instance,
+                attempt,
+                params,
+                ..
+            } => store.attempt_invoking(
+                &run_id,
+                &instance.step,
+                &instance.to_string(),
+                *attempt,
+                &serde_json::to_value(params).unwrap_or(Value::Null),
+            ),
+            Event::Started {
+                instance,
+                attempt,
+                remote_run_id,
+            }
+            | Event::Reattached {
+                instance,
+                attempt,
+                remote_run_id,
+            } => store.attempt_started(
+                &run_id,
+                &instance.step,
+                &instance.to_string(),
+                *attempt,
+                remote_run_id,
+            ),
+            Event::StateChanged { instance, state } => {
+                store.attempt_state(&run_id, &instance.to_string(), state, None, false)
+            }
+            Event::Retrying {
+                instance, reason, ..
+            } => store.attempt_state(&run_id, &instance.to_string(), "failed", Some(reason), true),
+            Event::InstanceFinished {
+                instance,
+                outcome,
+                message,
+                ..
+            } => store.attempt_state(
+                &run_id,
+                &instance.to_string(),
+                outcome.as_str(),
+                message.as_deref(),
+                true,
+            ),
+            Event::StepFinished {
+                step,
+                outcome,
+                duration,
+                message,
+                outputs,
+            } => {
+                metrics.step_finished(&pipeline, outcome.as_str(), *duration);
+                store.step_finished(
+                    &run_id,
+                    step,
+                    outcome.as_str(),
+                    duration.as_millis() as u64,
+                    message.as_deref(),
+                    &serde_json::to_value(outputs).unwrap_or(Value::Null),
+                )
+            }
+            Event::Warning { message } => {
+                tracing::warn!(run_id, pipeline, "{message}");
+                Ok(())
+            }
+            Event::RunFinished { .. } => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(run_id, "cannot record progress: {e}");
+        }
+    }
+}
