@@ -289,6 +289,7 @@ async fn main() {
     for id in held {
         let _ = client
             .post(format!("{base}/api/runs/{id}/cancel"))
+            .json(&json!({}))
             .send()
             .await;
     }

@@ -159,8 +159,6 @@ impl Service {
             .arg(dir.path().join("pipelines"))
             .arg("--db")
             .arg(dir.path().join("service.sqlite"))
-            .arg("--state-dir")
-            .arg(dir.path().join("runs"))
             .args(["--dataset-poll", "200ms"])
             .args(args)
             .current_dir(dir.path())
@@ -175,6 +173,9 @@ impl Service {
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(dir.path().join("runs"));
         }
         let mut child = cmd.spawn().expect("dwflow serve starts");
         let stderr = child.stderr.take().unwrap();
@@ -614,6 +615,11 @@ fn a_schedule_fires_once_per_tick_and_missed_ticks_follow_their_policy() {
     };
     dir.pipeline("once.yaml", &every2("once", "run_once"));
     dir.pipeline("skip.yaml", &every2("skip", "skip"));
+    // Two triggers with one expression and different parameters both fire.
+    dir.pipeline(
+        "twins.yaml",
+        "name: twins\nparams:\n  who: {type: string}\non:\n  concurrency: allow\n  schedule:\n    - cron: \"*/2 * * * * *\"\n      params: {who: a}\n    - cron: \"*/2 * * * * *\"\n      params: {who: b}\nsteps:\n  - id: nap\n    job: Sleep\n    params: {Seconds: \"0\"}\n",
+    );
     let details = |svc: &Service, p: &str| -> Vec<String> {
         svc.runs_of(p)
             .iter()
@@ -633,6 +639,12 @@ fn a_schedule_fires_once_per_tick_and_missed_ticks_follow_their_policy() {
                 assert_eq!(r["trigger"], "schedule");
             }
         }
+        let who: BTreeSet<String> = svc
+            .runs_of("twins")
+            .iter()
+            .map(|r| r["params"]["who"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(who, BTreeSet::from(["a".into(), "b".into()]));
     }
     // Down for several ticks: `run_once` runs one run for them, `skip` none.
     std::thread::sleep(Duration::from_millis(5000));
@@ -956,4 +968,126 @@ fn kill_9_mid_run_then_restart_completes_with_each_job_invoked_once() {
         assert_eq!(s["remote_run_ids"].as_array().unwrap().len(), 1, "{s:#}");
     }
     assert_eq!(svc.runs().len(), 1);
+}
+
+// ---- what a browser on another site cannot do ----
+
+#[test]
+fn cross_site_requests_are_refused() {
+    let dir = Dir::new();
+    dir.pipeline("totals.yaml", TWO_STEPS);
+    let svc = Service::start(&dir, &[], &[]);
+    let url = svc.url("/api/pipelines/totals/runs");
+    // A cross-site form posts text/plain without a preflight.
+    let form = request("POST", &url, &[("content-type", "text/plain".into())], None);
+    assert_eq!(form.status, 415, "{}", form.body);
+    let cancel = request("POST", &svc.url("/api/runs/x/cancel"), &[], None);
+    assert_eq!(cancel.status, 415, "{}", cancel.body);
+    let foreign = request(
+        "POST",
+        &url,
+        &[("origin", "http://evil.example".into())],
+        Some(b"{}".to_vec()),
+    );
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    // A DNS name rebound to 127.0.0.1 is not this service's name.
+    let rebound = request(
+        "GET",
+        &svc.url("/api/runs"),
+        &[("host", "attacker.example".into())],
+        None,
+    );
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
+    assert!(svc.runs().is_empty());
+    // The page's own requests pass.
+    let port = svc.base.rsplit(':').next().unwrap();
+    let own = request(
+        "POST",
+        &url,
+        &[("origin", format!("http://127.0.0.1:{port}"))],
+        Some(b"{}".to_vec()),
+    );
+    assert_eq!(own.status, 201, "{}", own.body);
+}
+
+// ---- restarts that must not run anything twice ----
+
+/// Local runs the workspace recorded (one per job invocation).
+fn local_invocations(dir: &Dir) -> usize {
+    std::fs::read_dir(dir.path().join("ws/.dwflow/local-runs"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_restart_without_the_journal_does_not_start_invoked_jobs_again() {
+    let dir = Dir::new();
+    dir.pipeline("long.yaml", &sleeper("long", "allow", "300"));
+    let id;
+    {
+        let mut svc = Service::start(&dir, &[], &[]);
+        let r = svc.post("/api/pipelines/long/runs", json!({}));
+        id = r.json()["run_id"].as_str().unwrap().to_string();
+        wait_until("the invocation", Duration::from_secs(30), || {
+            svc.run(&id)["steps"][0]["remote_run_ids"][0]
+                .as_str()
+                .map(str::to_string)
+        });
+        svc.child.kill().unwrap();
+        svc.child.wait().unwrap();
+    }
+    assert_eq!(local_invocations(&dir), 1);
+    let other = dir.path().join("elsewhere");
+    let svc = Service::start(&dir, &[], &["--state-dir", other.to_str().unwrap()]);
+    let run = svc.wait_run(&id, Duration::from_secs(10));
+    assert_eq!(run["state"], "interrupted", "{run:#}");
+    assert!(
+        run["error"].as_str().unwrap().contains("journal"),
+        "{run:#}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(local_invocations(&dir), 1, "a job was invoked again");
+}
+
+#[test]
+fn shutting_down_with_cancel_starts_no_queued_run() {
+    let dir = Dir::new();
+    dir.pipeline("q.yaml", &sleeper("q", "queue", "300"));
+    let mut svc = Service::start(&dir, &[], &["--cancel-on-shutdown"]);
+    let first = svc.post("/api/pipelines/q/runs", json!({})).json();
+    let second = svc.post("/api/pipelines/q/runs", json!({})).json();
+    assert_eq!(second["state"], "queued");
+    let first = first["run_id"].as_str().unwrap().to_string();
+    wait_until("the first invocation", Duration::from_secs(30), || {
+        svc.run(&first)["steps"][0]["remote_run_ids"][0]
+            .as_str()
+            .map(str::to_string)
+    });
+    // SIGTERM: the run in flight is cancelled, the queued one waits for the next start.
+    unsafe {
+        libc::kill(svc.child.id() as i32, libc::SIGTERM);
+    }
+    let status = wait_until("the service to exit", Duration::from_secs(60), || {
+        svc.child.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status:?}\n{}", svc.log());
+    assert_eq!(local_invocations(&dir), 1, "{}", svc.log());
+    drop(svc);
+    let svc = Service::start(&dir, &[], &[]);
+    assert_eq!(svc.run(&first)["state"], "canceled");
+    let second = second["run_id"].as_str().unwrap();
+    wait_until(
+        "the queued run to start after the restart",
+        Duration::from_secs(30),
+        || (svc.run(second)["state"] == "running").then_some(()),
+    );
+    assert_eq!(
+        svc.post(&format!("/api/runs/{second}/cancel"), json!({}))
+            .status,
+        202
+    );
 }

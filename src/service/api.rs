@@ -47,8 +47,73 @@ pub fn router(service: Shared) -> Router {
         .route("/runs/{id}", get(web::index))
         .route("/assets/app.js", get(web::app_js))
         .route("/assets/style.css", get(web::style))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&service),
+            same_origin,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(service)
+}
+
+/// Whether a `Host` (or `Origin` host) names this machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Guards against other web sites driving the API through a user's browser: a POST
+/// must carry JSON (a cross-site form cannot, without a preflight this server never
+/// answers), and a request from a page of another origin is refused. Without an API
+/// token (loopback only) the Host must be loopback too, so that a rebound DNS name
+/// cannot read the API.
+async fn same_origin(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if s.auth.api_token.is_none() && !host.is_empty() && !is_loopback_host(&host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "without an API token this service answers loopback host names only",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if origin != "null" && !origin_host.eq_ignore_ascii_case(&host) {
+            return error(StatusCode::FORBIDDEN, "cross-origin requests are refused");
+        }
+    }
+    if req.method() == axum::http::Method::POST && req.uri().path() != "/api/events" {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
+        if !json {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send `Content-Type: application/json` (with `{}` as the body if there is nothing to say)",
+            );
+        }
+    }
+    next.run(req).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -106,7 +171,16 @@ fn entry_json(e: &Entry) -> Value {
     if let Some(c) = &e.checked {
         let p = &c.pipeline;
         v["description"] = json!(p.description);
-        v["params"] = json!(p.params);
+        // A secret's default is a secret too.
+        let mut params = json!(p.params);
+        if let Some(map) = params.as_object_mut() {
+            for (name, spec) in map.iter_mut() {
+                if p.params.get(name).is_some_and(|s| s.secret) && !spec["default"].is_null() {
+                    spec["default"] = json!(crate::plan::MASK);
+                }
+            }
+        }
+        v["params"] = params;
         v["triggers"] = json!(p.on);
         let steps: Vec<Value> = p
             .steps
@@ -206,6 +280,7 @@ async fn start_run(State(s): State<Shared>, Path(name): Path<String>, body: Byte
         )
             .into_response(),
         Err(e @ StartError::Store(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e @ StartError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

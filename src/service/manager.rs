@@ -53,6 +53,15 @@ pub struct Admitted {
     pub state: Admission,
 }
 
+/// Why a run could not be admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// What a cancel request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -89,6 +98,8 @@ pub struct Manager {
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     me: Weak<Manager>,
+    /// Set at shutdown: nothing new starts (queued runs wait for the next start).
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 fn masked_json(checked: &CheckedPipeline, params: &IndexMap<String, Value>) -> Value {
@@ -114,11 +125,22 @@ impl Manager {
             metrics,
             inner: Mutex::new(Inner::default()),
             me: me.clone(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops starting runs: later submissions are refused, queues stay as they are.
+    pub fn shut_down(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -130,7 +152,10 @@ impl Manager {
     }
 
     /// Admits a run under its pipeline's concurrency policy (default `queue`).
-    pub fn submit(&self, request: StartRequest) -> Result<Admitted, StoreError> {
+    pub fn submit(&self, request: StartRequest) -> Result<Admitted, SubmitError> {
+        if self.is_shutting_down() {
+            return Err(SubmitError::ShuttingDown);
+        }
         let checked = Arc::clone(&request.checked);
         let name = checked.pipeline.name.clone();
         let policy = checked
@@ -148,7 +173,8 @@ impl Manager {
             (Concurrency::Queue, true) => Admission::Queued,
             (Concurrency::Skip, true) => Admission::Skipped,
             (Concurrency::CancelPrevious, true) => {
-                for f in inner.flights.values().filter(|f| f.pipeline == name) {
+                for (id, f) in inner.flights.iter().filter(|(_, f)| f.pipeline == name) {
+                    self.store.request_cancel(id)?;
                     f.cancel.cancel();
                 }
                 // Runs waiting behind the one in flight are superseded as well.
@@ -207,6 +233,8 @@ impl Manager {
     pub fn cancel(&self, run_id: &str) -> Result<CancelOutcome, StoreError> {
         let mut inner = self.lock();
         if let Some(f) = inner.flights.get(run_id) {
+            // On record first: a restart before the run stops resumes it cancelling.
+            self.store.request_cancel(run_id)?;
             f.cancel.cancel();
             return Ok(CancelOutcome::Canceling);
         }
@@ -255,6 +283,10 @@ impl Manager {
             return;
         };
         let cancel = CancellationToken::new();
+        if resume.is_some() && self.store.cancel_requested(&run_id).unwrap_or(false) {
+            // Cancelled before the last stop: resume it to cancel its remote runs.
+            cancel.cancel();
+        }
         inner.flights.insert(
             run_id.clone(),
             Flight {
@@ -380,7 +412,7 @@ impl Manager {
 
     /// Starts the next queued run of `pipeline` when none of it is in flight.
     fn dispatch(&self, inner: &mut Inner, pipeline: &str) {
-        if inner.flights.values().any(|f| f.pipeline == pipeline) {
+        if self.is_shutting_down() || inner.flights.values().any(|f| f.pipeline == pipeline) {
             return;
         }
         let next = inner.queues.get_mut(pipeline).and_then(VecDeque::pop_front);
@@ -406,16 +438,31 @@ impl Manager {
                 self.store
                     .set_run_finished(&row.run_id, "interrupted", None, Some(&why))
             };
+            let queued = row.state == "queued";
+            if row.target != self.target {
+                // Its remote run ids, or its admission, mean nothing on another target.
+                fail(format!(
+                    "it was started on target `{}`, the service now runs `{}`{}",
+                    row.target,
+                    self.target,
+                    if queued { "; start it again" } else { "" }
+                ))?;
+                continue;
+            }
             let Some(checked) = load_bytes(&file, source.as_bytes()).checked else {
                 fail("the pipeline it started with no longer validates".into())?;
                 continue;
             };
             if row.has_secrets {
-                fail(format!(
-                    "secret parameter values are never stored; continue it with `dwflow resume {} --state-dir {} -p NAME=VALUE`",
-                    row.run_id,
-                    self.state_dir.display()
-                ))?;
+                fail(if queued {
+                    "it was queued with secret parameter values, which are never stored; start it again".into()
+                } else {
+                    format!(
+                        "secret parameter values are never stored; continue it with `dwflow resume {} --state-dir {} -p NAME=VALUE`",
+                        row.run_id,
+                        self.state_dir.display()
+                    )
+                })?;
                 continue;
             }
             let params: IndexMap<String, Value> =
@@ -429,7 +476,7 @@ impl Manager {
                 commit: row.git_commit.clone().or(commit.map(str::to_string)),
             };
             let mut inner = self.lock();
-            if row.state == "queued" {
+            if queued {
                 inner
                     .queues
                     .entry(request.checked.pipeline.name.clone())
@@ -443,21 +490,26 @@ impl Manager {
             }
             let journal_dir = self.state_dir.join(&row.run_id);
             if !journal_dir.join("journal.jsonl").exists() {
-                // The process stopped before the engine wrote anything: no job was
-                // invoked (invocations are journaled first), so start it afresh.
+                drop(inner);
+                if self.store.has_attempts(&row.run_id)? {
+                    // Jobs were invoked, but their journal is not here (another
+                    // --state-dir?): starting afresh could run them twice.
+                    fail(format!(
+                        "its journal is not in {}, and jobs were already invoked; find the journal and `dwflow resume {}` there",
+                        self.state_dir.display(),
+                        row.run_id
+                    ))?;
+                    continue;
+                }
+                // The process stopped before the engine invoked anything (invocations
+                // are journaled first): start it afresh.
                 let _ = std::fs::remove_dir_all(&journal_dir);
+                let mut inner = self.lock();
                 self.launch(&mut inner, row.run_id.clone(), request, None);
                 resumed += 1;
                 continue;
             }
             match ResumeState::load(&self.state_dir, &row.run_id) {
-                Ok(state) if state.target != self.target => {
-                    drop(inner);
-                    fail(format!(
-                        "it was started on target `{}`, the service now runs `{}`",
-                        state.target, self.target
-                    ))?;
-                }
                 Ok(state) => match state.ended {
                     Some(ended) => {
                         drop(inner);

@@ -153,7 +153,10 @@ impl Service {
                 event: Value::Null,
                 commit: catalog.commit.clone(),
             })
-            .map_err(|e| StartError::Store(e.to_string()))
+            .map_err(|e| match e {
+                manager::SubmitError::ShuttingDown => StartError::ShuttingDown,
+                manager::SubmitError::Store(e) => StartError::Store(e.to_string()),
+            })
     }
 
     /// Starts every pipeline whose event trigger matches.
@@ -240,8 +243,8 @@ impl Service {
             let Some(on) = &checked.pipeline.on else {
                 continue;
             };
-            for t in &on.schedule {
-                let schedule = match Schedule::parse(t) {
+            for (index, t) in on.schedule.iter().enumerate() {
+                let schedule = match Schedule::parse(t, index) {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(pipeline = name, "schedule not used: {e}");
@@ -313,13 +316,15 @@ impl Service {
     async fn schedule_loop(self: Arc<Self>) {
         loop {
             let next = self.schedule_pass(Utc::now());
+            // Wake a little after the tick so that it is at or before "now"; at least
+            // once a minute, so that a clock change or a missed wake-up costs little.
             let wait = next
                 .and_then(|n| (n - Utc::now()).to_std().ok())
-                .unwrap_or(Duration::from_secs(3600))
-                // Wake a little after the tick so that it is at or before "now".
-                .saturating_add(Duration::from_millis(5));
+                .unwrap_or(Duration::from_secs(60))
+                .saturating_add(Duration::from_millis(5))
+                .min(Duration::from_secs(60));
             tokio::select! {
-                _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.reloaded.notified() => {}
             }
         }
@@ -344,15 +349,17 @@ impl Service {
         if watched.is_empty() {
             return;
         }
-        let primed = match self.store.dataset_watch_primed(&self.target) {
+        let poll_started = crate::engine::journal::now();
+        let primed = match self.store.dataset_watermark(&self.target) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("dataset trigger state: {e}");
                 return;
             }
         };
-        // Ask only for what is recent (the gateway's `createdAfter`), with a margin for
-        // clock skew; names already seen are skipped anyway.
+        // Ask only for what appeared since the last successful poll (the gateway's
+        // `createdAfter`), with a margin for clock skew and slow indexing; names already
+        // seen are skipped anyway.
         let after = primed.as_deref().and_then(|p| {
             chrono::DateTime::parse_from_rfc3339(p)
                 .ok()
@@ -375,6 +382,12 @@ impl Service {
                 tracing::error!("dataset trigger state: {e}");
             }
             return;
+        }
+        if let Err(e) = self
+            .store
+            .set_dataset_watermark(&self.target, &poll_started)
+        {
+            tracing::error!("dataset trigger state: {e}");
         }
         for d in datasets {
             let matching: Vec<_> = watched
@@ -436,6 +449,8 @@ pub enum StartError {
     Invalid(Vec<String>),
     #[error("history: {0}")]
     Store(String),
+    #[error("the service is shutting down")]
+    ShuttingDown,
 }
 
 fn log_catalog(c: &Catalog) {
@@ -468,8 +483,14 @@ fn watch(service: &Arc<Service>, dir: PathBuf) -> Option<notify::RecommendedWatc
     use notify::Watcher as _;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only pipeline files matter: a journal or database written under the same
+        // directory must not reload the set.
         if let Ok(ev) = res
             && !matches!(ev.kind, notify::EventKind::Access(_))
+            && ev
+                .paths
+                .iter()
+                .any(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
         {
             let _ = tx.send(());
         }
@@ -602,13 +623,23 @@ async fn serve(args: &ServeArgs, auth: AuthConfig) -> Exit {
             ..PollPolicy::default()
         }
     };
+    // Listen before taking back old runs: a service that cannot serve starts nothing.
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return Exit::Environment;
+        }
+    };
     let catalog = Catalog::load(&args.pipelines);
     log_catalog(&catalog);
+    // Journals are found again after a restart from another directory.
+    let state_dir = std::path::absolute(&args.state_dir).unwrap_or_else(|_| args.state_dir.clone());
     let manager = Manager::new(
         Arc::clone(&store),
         Arc::clone(&backend),
         target.name.clone(),
-        args.state_dir.clone(),
+        state_dir,
         poll,
         Arc::clone(&metrics),
     );
@@ -637,13 +668,6 @@ async fn serve(args: &ServeArgs, auth: AuthConfig) -> Exit {
         pipelines_dir: args.pipelines.clone(),
         reloaded: Notify::new(),
     });
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.listen);
-            return Exit::Environment;
-        }
-    };
     let addr = listener.local_addr().unwrap_or(args.listen);
     eprintln!("dwflow serve listening on http://{addr}");
     tokio::spawn(Arc::clone(&service).schedule_loop());
@@ -669,6 +693,8 @@ async fn serve(args: &ServeArgs, auth: AuthConfig) -> Exit {
         eprintln!("error: the server stopped: {e}");
         return Exit::Environment;
     }
+    // Nothing new starts from here on: triggers and queued runs wait for the next start.
+    manager.shut_down();
     if args.cancel_on_shutdown {
         tracing::info!("shutting down: cancelling the runs in flight");
         manager.cancel_all();

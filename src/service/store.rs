@@ -91,6 +91,10 @@ const MIGRATIONS: &[&str] = &[
          signature TEXT PRIMARY KEY,
          received_at INTEGER NOT NULL
      );",
+    // 2: a cancel request survives a restart; the dataset watch keeps a high-water mark
+    // so that each poll asks only for recent datasets.
+    "ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE dataset_watch ADD COLUMN polled_at TEXT;",
 ];
 
 /// The version this build writes.
@@ -254,7 +258,9 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            // WAL with NORMAL survives a killed process (what a service meets); the
+            // journals, fsynced, are what resuming relies on.
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
         )
         .map_err(open_err)?;
         let version: usize = conn
@@ -360,6 +366,37 @@ impl Store {
         Ok(())
     }
 
+    /// Records that a cancel was asked for, before the cancel is acted on, so that a
+    /// restart resumes the run already cancelling.
+    pub fn request_cancel(&self, run_id: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE runs SET cancel_requested = 1 WHERE run_id = ?1",
+            params![run_id],
+        )?;
+        Ok(())
+    }
+
+    pub fn cancel_requested(&self, run_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT cancel_requested FROM runs WHERE run_id = ?1",
+                params![run_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .is_some_and(|v| v != 0))
+    }
+
+    /// Whether any job of the run was (or may have been) invoked.
+    pub fn has_attempts(&self, run_id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM attempts WHERE run_id = ?1)",
+            params![run_id],
+            |r| r.get::<_, bool>(0),
+        )?)
+    }
+
     pub fn set_run_state(&self, run_id: &str, state: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE runs SET state = ?2 WHERE run_id = ?1",
@@ -380,8 +417,9 @@ impl Store {
         let tx = conn.transaction()?;
         let at = now();
         tx.execute(
-            "INSERT OR REPLACE INTO attempts (run_id, instance, attempt, state, started_at)
-             VALUES (?1, ?2, ?3, 'invoking', ?4)",
+            "INSERT INTO attempts (run_id, instance, attempt, state, started_at)
+             VALUES (?1, ?2, ?3, 'invoking', ?4)
+             ON CONFLICT (run_id, instance, attempt) DO UPDATE SET state = 'invoking'",
             params![run_id, instance, attempt as i64, at],
         )?;
         tx.execute(
@@ -521,17 +559,13 @@ impl Store {
     /// Runs in one of `states`, oldest first (what the service resumes at start-up).
     pub fn runs_in(&self, states: &[&str]) -> Result<Vec<RunRow>, StoreError> {
         let conn = self.conn();
+        let wanted = serde_json::to_string(states).unwrap_or_else(|_| "[]".into());
         let mut stmt = conn.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE state = ?1 ORDER BY created_at, rowid"
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE state IN (SELECT value FROM json_each(?1)) ORDER BY created_at, rowid"
         ))?;
-        let mut out = Vec::new();
-        for s in states {
-            for row in stmt.query_map(params![s], run_row)? {
-                out.push(row?);
-            }
-        }
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-        Ok(out)
+        let rows = stmt.query_map(params![wanted], run_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Run counts by state.
@@ -614,17 +648,26 @@ impl Store {
         Ok(changed > 0)
     }
 
-    /// When the dataset watch of `target` first listed the target (before that, nothing
-    /// counts as new).
-    pub fn dataset_watch_primed(&self, target: &str) -> Result<Option<String>, StoreError> {
+    /// When the dataset watch of `target` last listed the target successfully (first:
+    /// when it was primed); `None` before the first listing, when nothing counts as new.
+    pub fn dataset_watermark(&self, target: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn()
             .query_row(
-                "SELECT primed_at FROM dataset_watch WHERE target = ?1",
+                "SELECT coalesce(polled_at, primed_at) FROM dataset_watch WHERE target = ?1",
                 params![target],
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// Moves the high-water mark to the start of a successful poll.
+    pub fn set_dataset_watermark(&self, target: &str, at: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE dataset_watch SET polled_at = ?2 WHERE target = ?1",
+            params![target, at],
+        )?;
+        Ok(())
     }
 
     /// Records the datasets present when the watch starts, without firing for them.
@@ -663,15 +706,17 @@ impl Store {
         now_secs: i64,
         keep_secs: i64,
     ) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        conn.execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "DELETE FROM event_deliveries WHERE received_at < ?1",
-            params![now_secs - keep_secs],
+            params![now_secs.saturating_sub(keep_secs)],
         )?;
-        let changed = conn.execute(
+        let changed = tx.execute(
             "INSERT OR IGNORE INTO event_deliveries (signature, received_at) VALUES (?1, ?2)",
             params![signature, now_secs],
         )?;
+        tx.commit()?;
         Ok(changed > 0)
     }
 }

@@ -19,12 +19,13 @@ use crate::pipeline::model::ScheduleTrigger;
 pub struct Schedule {
     cron: Cron,
     tz: Tz,
-    /// Identifies the trigger in the history (`cron@timezone`).
+    /// Identifies the trigger in the history (`index:cron@timezone`).
     pub key: String,
 }
 
 impl Schedule {
-    pub fn parse(t: &ScheduleTrigger) -> Result<Schedule, String> {
+    /// Parses the `index`-th schedule trigger of a pipeline.
+    pub fn parse(t: &ScheduleTrigger, index: usize) -> Result<Schedule, String> {
         let cron =
             Cron::from_str(&t.cron).map_err(|e| format!("cron expression `{}`: {e}", t.cron))?;
         let tz_name = t.timezone.as_deref().unwrap_or("UTC");
@@ -32,16 +33,28 @@ impl Schedule {
         Ok(Schedule {
             cron,
             tz,
-            key: format!("{}@{}", t.cron.trim(), tz_name),
+            // Two triggers may share an expression (with other parameters).
+            key: format!("{index}:{}@{}", t.cron.trim(), tz_name),
         })
     }
 
     /// The first tick strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_next_occurrence(&t.with_timezone(&self.tz), false)
-            .ok()
-            .map(|d| d.with_timezone(&Utc))
+        // In the hour a daylight-saving change repeats, croner can answer a time before
+        // `t`: search again from further on until the answer is in the future.
+        let mut from = t;
+        for _ in 0..8 {
+            let next = self
+                .cron
+                .find_next_occurrence(&from.with_timezone(&self.tz), false)
+                .ok()?
+                .with_timezone(&Utc);
+            if next > t {
+                return Some(next);
+            }
+            from = from.max(next) + chrono::Duration::minutes(15);
+        }
+        None
     }
 
     /// The latest tick at or before `t`.
@@ -52,6 +65,7 @@ impl Schedule {
             .find_previous_occurrence(&t.with_timezone(&self.tz), true)
             .ok()
             .map(|d| d.with_timezone(&Utc))
+            .filter(|d| *d <= t)
     }
 }
 
@@ -176,12 +190,15 @@ mod tests {
 
     #[test]
     fn schedules_in_a_time_zone() {
-        let s = Schedule::parse(&ScheduleTrigger {
-            cron: "0 6 * * *".into(),
-            timezone: Some("Europe/Oslo".into()),
-            missed: None,
-            params: Default::default(),
-        })
+        let s = Schedule::parse(
+            &ScheduleTrigger {
+                cron: "0 6 * * *".into(),
+                timezone: Some("Europe/Oslo".into()),
+                missed: None,
+                params: Default::default(),
+            },
+            0,
+        )
         .unwrap();
         let t = Utc.with_ymd_and_hms(2026, 7, 1, 12, 0, 0).unwrap();
         // 06:00 in Oslo in summer is 04:00 UTC.
@@ -199,14 +216,21 @@ mod tests {
             missed: None,
             params: Default::default(),
         };
-        assert!(Schedule::parse(&bad).unwrap_err().contains("Mars/Olympus"));
+        assert!(
+            Schedule::parse(&bad, 0)
+                .unwrap_err()
+                .contains("Mars/Olympus")
+        );
         // Seconds-level: a tick is a whole second, however late the clock is read.
-        let s = Schedule::parse(&ScheduleTrigger {
-            cron: "*/2 * * * * *".into(),
-            timezone: None,
-            missed: None,
-            params: Default::default(),
-        })
+        let s = Schedule::parse(
+            &ScheduleTrigger {
+                cron: "*/2 * * * * *".into(),
+                timezone: None,
+                missed: None,
+                params: Default::default(),
+            },
+            0,
+        )
         .unwrap();
         let t = Utc.with_ymd_and_hms(2026, 7, 1, 12, 0, 4).unwrap();
         assert_eq!(s.next_after(t), Some(t + chrono::Duration::seconds(2)));
@@ -214,5 +238,33 @@ mod tests {
             s.latest_at_or_before(t + chrono::Duration::milliseconds(2005)),
             Some(t + chrono::Duration::seconds(2))
         );
+    }
+
+    #[test]
+    fn the_repeated_hour_of_a_dst_change_never_yields_a_past_tick() {
+        let s = Schedule::parse(
+            &ScheduleTrigger {
+                cron: "*/15 * * * *".into(),
+                timezone: Some("Europe/Oslo".into()),
+                missed: None,
+                params: Default::default(),
+            },
+            0,
+        )
+        .unwrap();
+        // Oslo falls back from 03:00 CEST to 02:00 CET on 2026-10-25 (01:00 UTC).
+        let mut t = Utc.with_ymd_and_hms(2026, 10, 24, 23, 50, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2026, 10, 25, 3, 0, 0).unwrap();
+        let mut ticks = 0;
+        while t < end {
+            let n = s.next_after(t).expect("a next tick");
+            assert!(n > t, "{n} is not after {t}");
+            assert!(n - t <= chrono::Duration::minutes(75), "{t} -> {n}");
+            t = n;
+            ticks += 1;
+        }
+        // Local times of the repeated hour happen twice and fire once (croner's rule),
+        // so that hour adds no ticks: 3 h 10 min of 15-minute ticks, one hour fewer.
+        assert!((8..=9).contains(&ticks), "{ticks}");
     }
 }

@@ -489,7 +489,7 @@
       reloadNote.className = 'note';
       reloadNote.textContent = 'Reloading…';
       try {
-        const r = await api('POST', '/api/reload');
+        const r = await api('POST', '/api/reload', {});
         const bad = (r.invalid || []).length;
         reloadNote.className = 'note ' + (bad ? 'err' : 'ok');
         reloadNote.textContent = 'Reloaded: ' + r.pipelines + (r.pipelines === 1 ? ' pipeline' : ' pipelines') +
@@ -727,7 +727,7 @@
       if (!confirm('Cancel this run? Remote runs it started are cancelled too.')) return;
       btn.disabled = true;
       try {
-        const r = await api('POST', '/api/runs/' + encodeURIComponent(runId) + '/cancel');
+        const r = await api('POST', '/api/runs/' + encodeURIComponent(runId) + '/cancel', {});
         cancelNote = 'Cancel requested (' + (r && r.state ? r.state : 'canceling') + ').';
       } catch (e) {
         if (!(e instanceof ApiError)) throw e;
