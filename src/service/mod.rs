@@ -541,6 +541,8 @@ pub fn run(args: &ServeArgs) -> Exit {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in log files and collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let auth = AuthConfig {
         api_token: env_secret(&args.api_token_env),
