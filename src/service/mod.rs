@@ -92,6 +92,7 @@ pub struct Service {
     pipelines_dir: PathBuf,
     /// Wakes the schedule loop after a reload.
     reloaded: Notify,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// What an event delivery started.
@@ -108,10 +109,16 @@ impl Service {
 
     /// Loads the pipelines again and swaps the new set in at once.
     pub async fn reload(&self) -> Arc<Catalog> {
+        // One reload at a time, so that an older load is never installed last.
+        let _one = self.reloading.lock().await;
         let dir = self.pipelines_dir.clone();
-        let fresh = tokio::task::spawn_blocking(move || Catalog::load(&dir))
-            .await
-            .unwrap_or_default();
+        let fresh = match tokio::task::spawn_blocking(move || Catalog::load(&dir)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reloading the pipelines failed ({e}); keeping the current set");
+                return self.catalog();
+            }
+        };
         log_catalog(&fresh);
         let fresh = Arc::new(fresh);
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh);
@@ -669,6 +676,7 @@ async fn serve(args: &ServeArgs, auth: AuthConfig) -> Exit {
         target: target.name.clone(),
         pipelines_dir: args.pipelines.clone(),
         reloaded: Notify::new(),
+        reloading: tokio::sync::Mutex::new(()),
     });
     let addr = listener.local_addr().unwrap_or(args.listen);
     eprintln!("dwflow serve listening on http://{addr}");
