@@ -28,11 +28,12 @@ pub struct ChangedArgs {
     /// and untracked files of the work tree count as changes too.
     #[arg(long, value_name = "REF")]
     pub since: String,
-    /// Pipeline files or directories (walked for *.yaml and *.yml).
-    #[arg(default_value = "pipelines")]
+    /// Pipeline files or directories (walked for *.yaml and *.yml) [default:
+    /// `pipelines/` of the current directory or the nearest parent in the repository].
     pub paths: Vec<PathBuf>,
     /// Local workspace whose `jobs/` definitions count: a pipeline using a changed job is
-    /// listed [default: examples/workspace].
+    /// listed [default: `examples/workspace` of the current directory or the nearest
+    /// parent in the repository].
     #[arg(long, env = "DWFLOW_WORKSPACE", value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Output format: `human` prints one path per line, for `dwflow run $(...)`.
@@ -123,12 +124,19 @@ fn changed(args: &ChangedArgs) -> Result<Vec<ChangedPipeline>, Failure> {
     let commit = repo.resolve_commit(&args.since)?;
     let changed = repo.changed_paths(&commit)?;
 
-    let files = pipeline_files(&args.paths, &cwd, &repo, &changed)?;
+    // Defaults are the repository's, so that the answer does not depend on the
+    // directory CI happens to run in.
+    let paths = if args.paths.is_empty() {
+        vec![find_up(&cwd, &repo.top, "pipelines")]
+    } else {
+        args.paths.clone()
+    };
+    let files = pipeline_files(&paths, &cwd, &repo, &changed)?;
     let workspace = args
         .workspace
         .clone()
-        .unwrap_or_else(|| PathBuf::from(crate::target::DEFAULT_WORKSPACE));
-    let jobs = changed_jobs(&workspace, args.workspace.is_some(), &cwd, &repo, &changed);
+        .unwrap_or_else(|| find_up(&cwd, &repo.top, crate::target::DEFAULT_WORKSPACE));
+    let jobs = changed_jobs(&workspace, args.workspace.is_some(), &cwd, &repo, &changed)?;
 
     // Keyed by the printed path: sorted, and a file named twice is listed once.
     let mut listed: BTreeMap<String, ChangedPipeline> = BTreeMap::new();
@@ -213,6 +221,16 @@ struct ChangedJob {
     file: String,
 }
 
+/// `rel` in the nearest directory from `cwd` up to the repository's top level that has
+/// it (the project may live below the top level); `rel` itself when none has.
+fn find_up(cwd: &Path, top: &Path, rel: &str) -> PathBuf {
+    cwd.ancestors()
+        .take_while(|d| d.starts_with(top))
+        .map(|d| d.join(rel))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(rel))
+}
+
 /// The changed job files directly under `<workspace>/jobs/` (where the local environment
 /// looks for them), sorted by name, one per name.
 fn changed_jobs(
@@ -221,17 +239,17 @@ fn changed_jobs(
     cwd: &Path,
     repo: &Repo,
     changed: &HashSet<PathBuf>,
-) -> Vec<ChangedJob> {
-    // A workspace that does not exist is normal where pipelines run on a remote target
-    // only; one that was asked for by name is worth a word.
+) -> Result<Vec<ChangedJob>, Failure> {
+    // A default workspace that does not exist is normal where pipelines run on a remote
+    // target only; one asked for by name must exist, or CI would skip runs silently.
     let Ok(root) = std::fs::canonicalize(cwd.join(workspace)) else {
         if explicit {
-            eprintln!(
-                "warning: workspace {} does not exist: job definitions are not compared",
+            return Err(Failure::invalid(format!(
+                "workspace {} does not exist (check --workspace / DWFLOW_WORKSPACE)",
                 workspace.display()
-            );
+            )));
         }
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let Some(jobs_dir) = repo.relative(&root.join("jobs")) else {
         if explicit {
@@ -240,7 +258,7 @@ fn changed_jobs(
                 workspace.display()
             );
         }
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let mut jobs: Vec<ChangedJob> = changed
         .iter()
@@ -262,7 +280,7 @@ fn changed_jobs(
         .collect();
     jobs.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.file.cmp(&b.file)));
     jobs.dedup_by(|a, b| a.name == b.name);
-    jobs
+    Ok(jobs)
 }
 
 /// How a step names its job.

@@ -60,7 +60,14 @@ pub fn resolve_params(
         let Some(spec) = p.params.get(name) else {
             let hint = did_you_mean(name, p.params.keys().map(String::as_str))
                 .map(|h| format!(" ({h})"))
-                .unwrap_or_default();
+                .unwrap_or_else(|| {
+                    if p.params.is_empty() {
+                        " (the pipeline declares no parameters)".to_string()
+                    } else {
+                        let names: Vec<&str> = p.params.keys().map(String::as_str).collect();
+                        format!(" (the pipeline declares: {})", names.join(", "))
+                    }
+                });
             problems.push(format!("unknown parameter `{name}`{hint}"));
             continue;
         };

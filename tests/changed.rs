@@ -318,13 +318,13 @@ fn paths_work_from_a_subdirectory_and_in_a_project_below_the_top_level() {
     );
 
     // With an absolute path, the output is still relative to the current directory, and
-    // each printed path is a file there.
+    // each printed path is a file there; the project's workspace is found from inside.
     let abs = repo.project.join("pipelines");
     let out = ok(repo.changed_in(
         &inside,
         &["--since", "HEAD", abs.to_str().expect("UTF-8 path")],
     ));
-    assert_eq!(lines(&out), ["a.yaml"]);
+    assert_eq!(lines(&out), ["a.yaml", "b.yaml"]);
     for line in lines(&out) {
         assert!(inside.join(line).is_file());
     }
@@ -413,4 +413,21 @@ fn json_lists_path_pipeline_and_reasons() {
     let out = ok(clean.changed(&["--since", "HEAD", "--format", "json"]));
     let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(list, json!([]));
+}
+
+#[test]
+fn defaults_are_found_from_a_subdirectory_and_a_named_workspace_must_exist() {
+    let repo = Repo::new("");
+    repo.write(
+        "examples/workspace/jobs/TurbineRanking.yaml",
+        "name: TurbineRanking\nsql:\n  output: out\n  query: SELECT 3\n",
+    );
+    // From examples/: the project's pipelines/ and examples/workspace are the defaults.
+    let sub = repo.top().join("examples");
+    let out = ok(repo.changed_in(&sub, &["--since", "HEAD"]));
+    assert_eq!(lines(&out), ["../pipelines/b.yaml"]);
+    // A workspace asked for by name that is not there is an error, not a silent skip.
+    let out = repo.changed(&["--since", "HEAD", "--workspace", "nonexistent/ws"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nonexistent/ws"), "{}", stderr(&out));
 }

@@ -233,6 +233,70 @@ steps:
     );
 }
 
+#[test]
+fn secret_values_reach_the_job_but_no_file_dwflow_or_the_workspace_writes() {
+    let ws = Ws::new();
+    ws.job(
+        "Use",
+        r#"
+name: Use
+parameters:
+  Token: {}
+  Label: {}
+command:
+  argv: ["sh", "-c", "test \"$(printf %s \"$Token\" | wc -c)\" -eq 17 && echo \"using $Token for $Label\" && echo \"$Token\" >&2"]
+"#,
+    );
+    let p = ws.pipeline(
+        r#"
+name: secretive
+params:
+  token: {type: string, secret: true}
+steps:
+  - id: use
+    job: Use
+    params:
+      Token: "{{ params.token }}"
+      Label: "tok={{ params.token }}"
+"#,
+    );
+    let (code, stdout, stderr) = ws.run(&[
+        "run",
+        p.to_str().unwrap(),
+        "--progress",
+        "plain",
+        "-p",
+        "token=Sup3rS3cret-value",
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(!stdout.contains("Sup3rS3cret") && !stderr.contains("Sup3rS3cret"));
+    // Journals, run records, caches: nothing on disk holds the value.
+    let mut files = 0;
+    let mut stack = vec![ws.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files += 1;
+                let bytes = std::fs::read(&path).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(
+                    !text.contains("Sup3rS3cret"),
+                    "{} holds the secret",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 3, "{files}");
+    let records = ws.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["params"]["Token"], "***");
+    assert_eq!(records[0]["params"]["Label"], "tok=***");
+}
+
 /// Reads a child's stderr lines on a thread.
 fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();

@@ -235,6 +235,20 @@ pub trait Backend: Send + Sync {
         idempotency_key: &str,
     ) -> Result<RunId, BackendError>;
 
+    /// [`Backend::invoke`], naming the values of secret pipeline parameters among
+    /// `params`, so that an environment that keeps its own records (the local one) can
+    /// keep them masked. A remote environment receives the values as it must.
+    async fn invoke_with_secrets(
+        &self,
+        job_id: u64,
+        params: &IndexMap<String, String>,
+        idempotency_key: &str,
+        secrets: &[String],
+    ) -> Result<RunId, BackendError> {
+        let _ = secrets;
+        self.invoke(job_id, params, idempotency_key).await
+    }
+
     async fn status(&self, run: &RunId) -> Result<RunStatus, BackendError>;
 
     /// Asks for cancellation; callers poll `status` until terminal to confirm.

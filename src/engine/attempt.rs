@@ -589,7 +589,11 @@ async fn invoke_and_watch(
         attempt,
         params: masked,
     });
-    let remote = match shared.backend.invoke(job_id, params, key).await {
+    let remote = match shared
+        .backend
+        .invoke_with_secrets(job_id, params, key, &shared.secrets)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             let message = format!("invoking job {job_label} failed: {}", e.message);

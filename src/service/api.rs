@@ -292,6 +292,24 @@ struct RunsQuery {
 }
 
 async fn runs(State(s): State<Shared>, Query(q): Query<RunsQuery>) -> Response {
+    const STATES: &[&str] = &[
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "canceled",
+        "timed_out",
+        "interrupted",
+        "skipped",
+    ];
+    if let Some(state) = q.state.as_deref()
+        && !STATES.contains(&state)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown state `{state}`; one of {}", STATES.join(", ")),
+        );
+    }
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     match s
         .store

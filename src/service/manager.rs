@@ -435,6 +435,7 @@ impl Manager {
             };
             let fail = |why: String| {
                 tracing::error!(run_id = row.run_id, "cannot take the run back: {why}");
+                self.store.close_unfinished(&row.run_id, "interrupted")?;
                 self.store
                     .set_run_finished(&row.run_id, "interrupted", None, Some(&why))
             };
@@ -457,10 +458,18 @@ impl Manager {
                 fail(if queued {
                     "it was queued with secret parameter values, which are never stored; start it again".into()
                 } else {
+                    let secrets: Vec<String> = checked
+                        .pipeline
+                        .params
+                        .iter()
+                        .filter(|(_, spec)| spec.secret)
+                        .map(|(name, _)| format!("-p {name}=..."))
+                        .collect();
                     format!(
-                        "secret parameter values are never stored; continue it with `dwflow resume {} --state-dir {} -p NAME=VALUE`",
+                        "secret parameter values are never stored; continue it with `dwflow resume {} --state-dir {} {}` (this page will not follow that run)",
                         row.run_id,
-                        self.state_dir.display()
+                        self.state_dir.display(),
+                        secrets.join(" ")
                     )
                 })?;
                 continue;

@@ -92,6 +92,10 @@ impl Metrics {
     }
 
     pub fn step_finished(&self, pipeline: &str, outcome: &str, took: Duration) {
+        // Steps that never ran have no duration worth a bucket.
+        if matches!(outcome, "skipped" | "not_run") {
+            return;
+        }
         self.with(|c| {
             c.step_durations
                 .entry((pipeline.into(), outcome.into()))
@@ -213,6 +217,20 @@ impl Backend for MeteredBackend {
         self.count(
             "invoke",
             self.inner.invoke(job_id, params, idempotency_key).await,
+        )
+    }
+    async fn invoke_with_secrets(
+        &self,
+        job_id: u64,
+        params: &IndexMap<String, String>,
+        idempotency_key: &str,
+        secrets: &[String],
+    ) -> Result<RunId, BackendError> {
+        self.count(
+            "invoke",
+            self.inner
+                .invoke_with_secrets(job_id, params, idempotency_key, secrets)
+                .await,
         )
     }
     async fn status(&self, run: &RunId) -> Result<RunStatus, BackendError> {

@@ -218,7 +218,7 @@ impl Service {
                 commit: catalog.commit.clone(),
             }) {
                 Ok(a) => {
-                    tracing::info!(pipeline = name, run_id = a.run_id, trigger, "trigger fired");
+                    tracing::info!(pipeline = name, run_id = a.run_id, trigger, state = ?a.state, "trigger fired");
                     out.runs
                         .push(json!({"pipeline": name, "run_id": a.run_id, "state": a.state}));
                 }

@@ -358,8 +358,13 @@ impl Store {
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         self.conn().execute(
+            // The duration is the run's wall time from its first start, across the
+            // restarts that resumed it (the engine only sees its own process's share).
             "UPDATE runs SET state = ?2, finished_at = ?3,
-                 duration_ms = coalesce(?4, duration_ms), error = coalesce(?5, error)
+                 duration_ms = CASE WHEN started_at IS NOT NULL
+                     THEN CAST(round((julianday(?3) - julianday(started_at)) * 86400000) AS INTEGER)
+                     ELSE coalesce(?4, duration_ms) END,
+                 error = coalesce(?5, error)
              WHERE run_id = ?1",
             params![run_id, state, now(), duration_ms.map(|d| d as i64), error],
         )?;
@@ -395,6 +400,24 @@ impl Store {
             params![run_id],
             |r| r.get::<_, bool>(0),
         )?)
+    }
+
+    /// Marks what a run left unfinished (steps waiting or running, attempts in flight)
+    /// with `state`, when the run ends without the engine's final word.
+    pub fn close_unfinished(&self, run_id: &str, state: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE steps SET state = ?2 WHERE run_id = ?1 AND state IN ('waiting', 'running')",
+            params![run_id, state],
+        )?;
+        tx.execute(
+            "UPDATE attempts SET state = ?2, finished_at = coalesce(finished_at, ?3)
+             WHERE run_id = ?1 AND finished_at IS NULL",
+            params![run_id, state, now()],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn set_run_state(&self, run_id: &str, state: &str) -> Result<(), StoreError> {

@@ -116,7 +116,10 @@ pub fn trigger_params(
     for (name, template) in templates {
         match env.render_str(template, &ctx) {
             Ok(text) => given.push((name.clone(), text)),
-            Err(e) => problems.push(format!("parameter `{name}`: {e}")),
+            Err(e) if e.kind() == minijinja::ErrorKind::UndefinedError => problems.push(format!(
+                "parameter `{name}`: `{template}` refers to a field the event does not have"
+            )),
+            Err(e) => problems.push(format!("parameter `{name}`: `{template}`: {e}")),
         }
     }
     if !problems.is_empty() {

@@ -302,6 +302,7 @@ impl Inner {
         job_id: u64,
         params: &IndexMap<String, String>,
         idempotency_key: &str,
+        secrets: &[String],
     ) -> Result<RunId, BackendError> {
         // A key already used names its run, whatever changed since (the job's file, the
         // parameters): nothing new starts.
@@ -382,6 +383,7 @@ impl Inner {
             owner: self.owner.clone(),
             pgid: None,
             pgid_start_ticks: None,
+            secrets: secrets.to_vec(),
         };
         record::write(&self.paths.runs, &rec)
             .map_err(|e| internal(format!("cannot write the record of run {run_id}"), e))?;
@@ -741,9 +743,21 @@ impl Backend for LocalBackend {
         params: &IndexMap<String, String>,
         idempotency_key: &str,
     ) -> Result<RunId, BackendError> {
+        self.invoke_with_secrets(job_id, params, idempotency_key, &[])
+            .await
+    }
+
+    async fn invoke_with_secrets(
+        &self,
+        job_id: u64,
+        params: &IndexMap<String, String>,
+        idempotency_key: &str,
+        secrets: &[String],
+    ) -> Result<RunId, BackendError> {
         let params = params.clone();
         let key = idempotency_key.to_string();
-        self.blocking(move |inner| inner.invoke(job_id, &params, &key))
+        let secrets = secrets.to_vec();
+        self.blocking(move |inner| inner.invoke(job_id, &params, &key, &secrets))
             .await
     }
 

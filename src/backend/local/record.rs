@@ -60,6 +60,9 @@ pub struct RunRecord {
     /// The start time of that process, to recognise it after a crash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pgid_start_ticks: Option<u64>,
+    /// Values of secret pipeline parameters: masked wherever the record is written.
+    #[serde(skip)]
+    pub secrets: Vec<String>,
 }
 
 impl RunRecord {
@@ -107,7 +110,24 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 pub(crate) fn write(runs_dir: &Path, record: &RunRecord) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    let mut bytes = if record.secrets.is_empty() {
+        serde_json::to_vec_pretty(record)
+    } else {
+        // The running job has the real values in memory; the file never does.
+        let mask = |t: &str| crate::secrets::mask(t, &record.secrets);
+        let mut shown = record.clone();
+        for v in shown.params.values_mut() {
+            *v = mask(v);
+        }
+        for v in shown.outputs.values_mut() {
+            *v = mask(v);
+        }
+        shown.message = shown.message.as_deref().map(mask);
+        shown.stdout_tail = mask(&shown.stdout_tail);
+        shown.stderr_tail = mask(&shown.stderr_tail);
+        serde_json::to_vec_pretty(&shown)
+    }
+    .map_err(std::io::Error::other)?;
     bytes.push(b'\n');
     write_atomic(&path_of(runs_dir, &record.run_id), &bytes)
 }
