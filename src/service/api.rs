@@ -412,12 +412,13 @@ async fn events(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
             "the event has no `type` (a non-empty string)",
         );
     }
-    // Remembered only once the request is known good, so that a bad request can be
-    // fixed and sent again; a replay of a good one is refused.
-    if let Some(sig) = signature {
-        match s.store.accept_delivery(&sig, now, 2 * TOLERANCE_SECS) {
-            Ok(true) => {}
-            Ok(false) => {
+    // A delivery is remembered only once it was handled, so that a bad request can be
+    // fixed and sent again, and one cut off by a crash can be sent again; its runs are
+    // keyed by the signature, so handling it twice never starts them twice.
+    if let Some(sig) = &signature {
+        match s.store.delivery_seen(sig) {
+            Ok(false) => {}
+            Ok(true) => {
                 s.metrics.event("replay");
                 tracing::warn!("event refused: replayed signature");
                 return error(
@@ -429,7 +430,12 @@ async fn events(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
         }
     }
     s.metrics.event("accepted");
-    let out = s.handle_event(&event);
+    let out = s.handle_event(&event, signature.as_deref());
+    if let Some(sig) = &signature
+        && let Err(e) = s.store.accept_delivery(sig, now, 2 * TOLERANCE_SECS)
+    {
+        tracing::error!("cannot record the delivery: {e}");
+    }
     (
         StatusCode::ACCEPTED,
         axum::Json(json!({

@@ -33,6 +33,9 @@ pub struct StartRequest {
     pub trigger: String,
     /// What fired: a cron tick, an event type, a dataset name.
     pub trigger_detail: Option<String>,
+    /// Identifies one firing of one trigger for one pipeline (a tick, a dataset, a
+    /// signed delivery): the history holds at most one run per key.
+    pub trigger_key: Option<String>,
     pub event: Value,
     pub commit: Option<String>,
 }
@@ -58,6 +61,9 @@ pub struct Admitted {
 pub enum SubmitError {
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// The trigger firing already started run `.0` (a firing repeated after a crash).
+    #[error("this firing already started run {0}")]
+    AlreadyStarted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -170,27 +176,13 @@ impl Manager {
             || inner.queues.get(&name).is_some_and(|q| !q.is_empty());
         let state = match (policy, busy) {
             (Concurrency::Allow, _) | (_, false) => Admission::Running,
-            (Concurrency::Queue, true) => Admission::Queued,
+            (Concurrency::Queue | Concurrency::CancelPrevious, true) => Admission::Queued,
             (Concurrency::Skip, true) => Admission::Skipped,
-            (Concurrency::CancelPrevious, true) => {
-                for (id, f) in inner.flights.iter().filter(|(_, f)| f.pipeline == name) {
-                    self.store.request_cancel(id)?;
-                    f.cancel.cancel();
-                }
-                // Runs waiting behind the one in flight are superseded as well.
-                for p in inner.queues.remove(&name).unwrap_or_default() {
-                    self.store.set_run_finished(
-                        &p.run_id,
-                        "canceled",
-                        None,
-                        Some("superseded by a newer run (concurrency: cancel_previous)"),
-                    )?;
-                }
-                Admission::Queued
-            }
         };
         let params_json = masked_json(&checked, &request.params);
-        self.store.insert_run(&NewRun {
+        // Recorded before anything acts on it; a trigger that already started its run
+        // (a firing retried after a crash) stops here.
+        let inserted = self.store.insert_run(&NewRun {
             run_id: &run_id,
             pipeline: &name,
             file: &checked.path,
@@ -205,10 +197,29 @@ impl Manager {
             },
             trigger: &request.trigger,
             trigger_detail: request.trigger_detail.as_deref(),
+            trigger_key: request.trigger_key.as_deref(),
             event: &request.event,
             params: &params_json,
             has_secrets: checked.pipeline.params.values().any(|s| s.secret),
         })?;
+        if let Some(existing) = inserted {
+            return Err(SubmitError::AlreadyStarted(existing));
+        }
+        if policy == Concurrency::CancelPrevious && busy {
+            for (id, f) in inner.flights.iter().filter(|(_, f)| f.pipeline == name) {
+                self.store.request_cancel(id)?;
+                f.cancel.cancel();
+            }
+            // Runs waiting behind the one in flight are superseded as well.
+            for p in inner.queues.remove(&name).unwrap_or_default() {
+                self.store.set_run_finished(
+                    &p.run_id,
+                    "canceled",
+                    None,
+                    Some("superseded by a newer run (concurrency: cancel_previous)"),
+                )?;
+            }
+        }
         self.metrics
             .trigger_fired(&name, &request.trigger, admission_text(state));
         match state {
@@ -481,6 +492,7 @@ impl Manager {
                 params,
                 trigger: row.trigger.clone(),
                 trigger_detail: row.trigger_detail.clone(),
+                trigger_key: None,
                 event: row.event.clone(),
                 commit: row.git_commit.clone().or(commit.map(str::to_string)),
             };

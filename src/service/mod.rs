@@ -157,17 +157,20 @@ impl Service {
                 params,
                 trigger: "manual".into(),
                 trigger_detail: None,
+                trigger_key: None,
                 event: Value::Null,
                 commit: catalog.commit.clone(),
             })
             .map_err(|e| match e {
                 manager::SubmitError::ShuttingDown => StartError::ShuttingDown,
                 manager::SubmitError::Store(e) => StartError::Store(e.to_string()),
+                e @ manager::SubmitError::AlreadyStarted(_) => StartError::Store(e.to_string()),
             })
     }
 
-    /// Starts every pipeline whose event trigger matches.
-    pub fn handle_event(&self, event: &Value) -> EventOutcome {
+    /// Starts every pipeline whose event trigger matches. `delivery` identifies a signed
+    /// delivery: one run per pipeline and trigger for it, even if it is handled twice.
+    pub fn handle_event(&self, event: &Value, delivery: Option<&str>) -> EventOutcome {
         let catalog = self.catalog();
         let kind = event
             .get("type")
@@ -178,49 +181,57 @@ impl Service {
             let Some(on) = &checked.pipeline.on else {
                 continue;
             };
-            for t in &on.event {
+            for (index, t) in on.event.iter().enumerate() {
                 if !triggers::event_matches(&t.kind, &t.filter, event) {
                     continue;
                 }
-                self.fire(
-                    &catalog,
-                    checked,
-                    &t.params,
-                    "event",
-                    kind.to_string(),
-                    event.clone(),
-                    &mut out,
-                );
+                let firing = Firing {
+                    templates: &t.params,
+                    trigger: "event",
+                    detail: kind.to_string(),
+                    key: delivery.map(|d| format!("event:{}:{index}:{d}", checked.pipeline.name)),
+                    event: event.clone(),
+                };
+                self.fire(&catalog, checked, firing, &mut out);
             }
         }
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn fire(
         &self,
         catalog: &Catalog,
         checked: &Arc<crate::pipeline::load::CheckedPipeline>,
-        templates: &std::collections::BTreeMap<String, String>,
-        trigger: &str,
-        detail: String,
-        event: Value,
+        firing: Firing<'_>,
         out: &mut EventOutcome,
     ) {
         let name = &checked.pipeline.name;
-        match triggers::trigger_params(checked, templates, &event) {
+        let trigger = firing.trigger;
+        match triggers::trigger_params(checked, firing.templates, &firing.event) {
             Ok(params) => match self.manager.submit(StartRequest {
                 checked: Arc::clone(checked),
                 params,
                 trigger: trigger.into(),
-                trigger_detail: Some(detail),
-                event,
+                trigger_detail: Some(firing.detail),
+                trigger_key: firing.key,
+                event: firing.event,
                 commit: catalog.commit.clone(),
             }) {
                 Ok(a) => {
                     tracing::info!(pipeline = name, run_id = a.run_id, trigger, state = ?a.state, "trigger fired");
                     out.runs
                         .push(json!({"pipeline": name, "run_id": a.run_id, "state": a.state}));
+                }
+                Err(manager::SubmitError::AlreadyStarted(run_id)) => {
+                    tracing::info!(
+                        pipeline = name,
+                        run_id,
+                        trigger,
+                        "this firing already started its run"
+                    );
+                    out.runs.push(
+                        json!({"pipeline": name, "run_id": run_id, "state": "already_started"}),
+                    );
                 }
                 Err(e) => out
                     .rejected
@@ -291,29 +302,31 @@ impl Service {
                 let missed = first_due.is_some_and(|f| f < latest)
                     || now - latest > chrono::Duration::seconds(60);
                 let run = !missed || t.missed == Some(MissedTicks::RunOnce);
-                match self.store.claim_tick(name, &schedule.key, &latest_text) {
-                    Ok(true) if run => {
-                        let detail = if missed {
-                            format!("{} (missed tick {latest_text}, run once)", schedule.key)
-                        } else {
-                            format!("{} at {latest_text}", schedule.key)
-                        };
-                        let event =
-                            json!({"type": "schedule", "tick": latest_text, "cron": t.cron});
-                        let mut out = EventOutcome::default();
-                        self.fire(
-                            &catalog, checked, &t.params, "schedule", detail, event, &mut out,
-                        );
-                    }
-                    Ok(true) => {
-                        tracing::info!(
-                            pipeline = name,
-                            "missed schedule ticks up to {latest_text} skipped (missed: skip)"
-                        );
-                        self.metrics.trigger_fired(name, "schedule", "missed");
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(pipeline = name, "schedule state: {e}"),
+                if run {
+                    // The run is recorded under the tick's key before the tick is
+                    // claimed: a crash in between finds the run, never starts another.
+                    let detail = if missed {
+                        format!("{} (missed tick {latest_text}, run once)", schedule.key)
+                    } else {
+                        format!("{} at {latest_text}", schedule.key)
+                    };
+                    let firing = Firing {
+                        templates: &t.params,
+                        trigger: "schedule",
+                        detail,
+                        key: Some(format!("schedule:{name}:{}:{latest_text}", schedule.key)),
+                        event: json!({"type": "schedule", "tick": latest_text, "cron": t.cron}),
+                    };
+                    self.fire(&catalog, checked, firing, &mut EventOutcome::default());
+                } else {
+                    tracing::info!(
+                        pipeline = name,
+                        "missed schedule ticks up to {latest_text} skipped (missed: skip)"
+                    );
+                    self.metrics.trigger_fired(name, "schedule", "missed");
+                }
+                if let Err(e) = self.store.claim_tick(name, &schedule.key, &latest_text) {
+                    tracing::error!(pipeline = name, "schedule state: {e}");
                 }
             }
         }
@@ -403,38 +416,43 @@ impl Service {
                     c.pipeline
                         .on
                         .iter()
-                        .flat_map(|o| o.dataset.iter())
-                        .filter(|t| triggers::glob_match(&t.pattern, &d.name))
-                        .map(move |t| (c, t))
+                        .flat_map(|o| o.dataset.iter().enumerate())
+                        .filter(|(_, t)| triggers::glob_match(&t.pattern, &d.name))
+                        .map(move |(i, t)| (c, i, t))
                 })
                 .collect();
-            // Remember every new name, matching or not, so that a pattern added later
-            // does not fire for old datasets.
-            match self.store.see_dataset(&self.target, &d.name) {
-                Ok(true) => {}
-                Ok(false) => continue,
+            match self.store.dataset_seen(&self.target, &d.name) {
+                Ok(false) => {}
+                Ok(true) => continue,
                 Err(e) => {
                     tracing::error!("dataset trigger state: {e}");
                     continue;
                 }
             }
-            for (checked, t) in matching {
-                let event = json!({
-                    "type": "dataset",
-                    "dataset": d.name,
-                    "id": d.id,
-                    "created": d.created,
-                });
-                let mut out = EventOutcome::default();
-                self.fire(
-                    &catalog,
-                    checked,
-                    &t.params,
-                    "dataset",
-                    d.name.clone(),
-                    event,
-                    &mut out,
-                );
+            // Runs first, under keys of their own, then the name is marked seen: a crash
+            // in between finds the runs, never starts them twice.
+            for (checked, index, t) in matching {
+                let firing = Firing {
+                    templates: &t.params,
+                    trigger: "dataset",
+                    detail: d.name.clone(),
+                    key: Some(format!(
+                        "dataset:{}:{index}:{}:{}",
+                        checked.pipeline.name, self.target, d.name
+                    )),
+                    event: json!({
+                        "type": "dataset",
+                        "dataset": d.name,
+                        "id": d.id,
+                        "created": d.created,
+                    }),
+                };
+                self.fire(&catalog, checked, firing, &mut EventOutcome::default());
+            }
+            // Every new name is remembered, matching or not, so that a pattern added
+            // later does not fire for old datasets.
+            if let Err(e) = self.store.see_dataset(&self.target, &d.name) {
+                tracing::error!("dataset trigger state: {e}");
             }
         }
     }
@@ -445,6 +463,16 @@ impl Service {
             tokio::time::sleep(every).await;
         }
     }
+}
+
+/// One firing of a trigger for one pipeline.
+struct Firing<'a> {
+    templates: &'a std::collections::BTreeMap<String, String>,
+    trigger: &'static str,
+    detail: String,
+    /// One run per key in the history (`None`: no such guard, e.g. a bearer event).
+    key: Option<String>,
+    event: Value,
 }
 
 /// Why a manual start was refused.

@@ -95,6 +95,11 @@ const MIGRATIONS: &[&str] = &[
     // so that each poll asks only for recent datasets.
     "ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE dataset_watch ADD COLUMN polled_at TEXT;",
+    // 3: one run per trigger firing, so that a firing repeated after a crash (its claim
+    // was not recorded yet) finds its run instead of starting another.
+    "ALTER TABLE runs ADD COLUMN trigger_key TEXT;
+     CREATE UNIQUE INDEX runs_by_trigger_key ON runs (trigger_key)
+         WHERE trigger_key IS NOT NULL;",
 ];
 
 /// The version this build writes.
@@ -158,6 +163,7 @@ pub struct NewRun<'a> {
     pub state: &'a str,
     pub trigger: &'a str,
     pub trigger_detail: Option<&'a str>,
+    pub trigger_key: Option<&'a str>,
     pub event: &'a Value,
     pub params: &'a Value,
     pub has_secrets: bool,
@@ -297,11 +303,27 @@ impl Store {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
-    pub fn insert_run(&self, run: &NewRun<'_>) -> Result<(), StoreError> {
-        self.conn().execute(
+    /// Records a new run. When its trigger key is taken, records nothing and returns
+    /// the run that has it.
+    pub fn insert_run(&self, run: &NewRun<'_>) -> Result<Option<String>, StoreError> {
+        let conn = self.conn();
+        if let Some(key) = run.trigger_key {
+            let existing: Option<String> = conn
+                .query_row(
+                    "SELECT run_id FROM runs WHERE trigger_key = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if existing.is_some() {
+                return Ok(existing);
+            }
+        }
+        conn.execute(
             "INSERT INTO runs (run_id, pipeline, file, source, source_sha256, git_commit, target,
-                 state, trigger, trigger_detail, event, params, has_secrets, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 state, trigger, trigger_detail, event, params, has_secrets, created_at,
+                 trigger_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 run.run_id,
                 run.pipeline,
@@ -317,9 +339,10 @@ impl Store {
                 json(run.params),
                 run.has_secrets as i64,
                 now(),
+                run.trigger_key,
             ],
         )?;
-        Ok(())
+        Ok(None)
     }
 
     /// Records the steps of a run about to start (their plan: job, needs, wave).
@@ -712,6 +735,24 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a dataset name was seen before.
+    pub fn dataset_seen(&self, target: &str, name: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM seen_datasets WHERE target = ?1 AND name = ?2)",
+            params![target, name],
+            |r| r.get::<_, bool>(0),
+        )?)
+    }
+
+    /// Whether a signed event was delivered before.
+    pub fn delivery_seen(&self, signature: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM event_deliveries WHERE signature = ?1)",
+            params![signature],
+            |r| r.get::<_, bool>(0),
+        )?)
+    }
+
     /// Marks a dataset seen: true the first time.
     pub fn see_dataset(&self, target: &str, name: &str) -> Result<bool, StoreError> {
         let changed = self.conn().execute(
@@ -812,6 +853,36 @@ mod tests {
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         drop(held);
         assert!(lock_exclusive(&db).is_ok());
+    }
+
+    #[test]
+    fn one_run_per_trigger_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("h.sqlite")).unwrap();
+        let run = |id: &'static str, key: Option<&'static str>| NewRun {
+            run_id: id,
+            pipeline: "p",
+            file: "p.yaml",
+            source: "name: p",
+            source_sha256: "x",
+            git_commit: None,
+            target: "local",
+            state: "running",
+            trigger: "schedule",
+            trigger_detail: None,
+            trigger_key: key,
+            event: &Value::Null,
+            params: &Value::Null,
+            has_secrets: false,
+        };
+        assert_eq!(s.insert_run(&run("a", Some("tick-1"))).unwrap(), None);
+        assert_eq!(
+            s.insert_run(&run("b", Some("tick-1"))).unwrap(),
+            Some("a".to_string())
+        );
+        assert!(s.run("b").unwrap().is_none());
+        assert_eq!(s.insert_run(&run("c", None)).unwrap(), None);
+        assert_eq!(s.insert_run(&run("d", None)).unwrap(), None);
     }
 
     #[test]
