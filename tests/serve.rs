@@ -274,6 +274,7 @@ name: ingest
 params:
   source: {type: string}
   site: {type: string, default: none}
+  key: {type: string, secret: true, default: none}
 on:
   event:
     - type: upload
@@ -281,6 +282,7 @@ on:
       params:
         source: "{{ event.dataset }}"
         site: "{{ event.site }}"
+        key: "{{ event.key }}"
 steps:
   - id: total
     job: Sum
@@ -306,7 +308,8 @@ fn signed_events_start_the_matching_pipeline_and_bad_ones_start_nothing() {
     dir.pipeline("ingest.yaml", INGEST);
     dir.pipeline("other.yaml", OTHER);
     let svc = Service::start(&dir, &[], &[]);
-    let event = json!({"type": "upload", "site": "lhb", "dataset": "readings"});
+    let event =
+        json!({"type": "upload", "site": "lhb", "dataset": "readings", "key": "k3y-in-the-event"});
 
     // Refused: unsigned, wrong secret, tampered body, stale timestamp.
     let unsigned = request(
@@ -354,6 +357,14 @@ fn signed_events_start_the_matching_pipeline_and_bad_ones_start_nothing() {
     assert_eq!(run["params"]["source"], "readings");
     assert_eq!(run["params"]["site"], "lhb");
     assert_eq!(run["event"]["dataset"], "readings");
+    // A secret parameter's value is masked in the history, the event included.
+    assert_eq!(run["params"]["key"], "***");
+    assert_eq!(run["event"]["key"], "***");
+    assert!(
+        !svc.get(&format!("/api/runs/{id}"))
+            .body
+            .contains("k3y-in-the-event")
+    );
     let step = &run["steps"][0];
     assert_eq!(step["params"]["InputDataset"], "readings");
     assert_eq!(step["outputs"]["ResultDatasetName"], "total-readings");

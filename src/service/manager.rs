@@ -180,6 +180,14 @@ impl Manager {
             (Concurrency::Skip, true) => Admission::Skipped,
         };
         let params_json = masked_json(&checked, &request.params);
+        // An event that carried a secret parameter's value is kept with it masked.
+        let secrets = crate::secrets::secret_values(&checked.pipeline, &request.params);
+        let event_shown = if secrets.is_empty() {
+            request.event.clone()
+        } else {
+            let text = crate::secrets::mask(&request.event.to_string(), &secrets);
+            serde_json::from_str(&text).unwrap_or(Value::Null)
+        };
         // Recorded before anything acts on it; a trigger that already started its run
         // (a firing retried after a crash) stops here.
         let inserted = self.store.insert_run(&NewRun {
@@ -198,7 +206,7 @@ impl Manager {
             trigger: &request.trigger,
             trigger_detail: request.trigger_detail.as_deref(),
             trigger_key: request.trigger_key.as_deref(),
-            event: &request.event,
+            event: &event_shown,
             params: &params_json,
             has_secrets: checked.pipeline.params.values().any(|s| s.secret),
         })?;
