@@ -775,6 +775,7 @@ fn an_invalid_pipeline_is_reported_and_the_others_keep_working() {
         .unwrap()
         .clone();
     assert_eq!(broken["valid"], false);
+    assert_eq!(broken["name"], "broken");
     assert_eq!(broken["problems"][0]["code"], "unknown-key");
     assert_eq!(broken["problems"][0]["line"], 5);
     assert!(svc.log().contains("broken.yaml:5:5"), "{}", svc.log());

@@ -218,11 +218,13 @@ async fn pipelines(State(s): State<Shared>) -> Response {
 
 async fn pipeline(State(s): State<Shared>, Path(name): Path<String>) -> Response {
     let c = s.catalog();
-    match c
+    // A valid pipeline of that name first; else an invalid file that declares it.
+    let found = c
         .entries
         .iter()
-        .find(|e| e.name.as_deref() == Some(name.as_str()))
-    {
+        .filter(|e| e.name.as_deref() == Some(name.as_str()))
+        .max_by_key(|e| e.checked.is_some());
+    match found {
         Some(e) => axum::Json(entry_json(e)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")),
     }

@@ -114,8 +114,11 @@ fn load_entry(file: &Path, by_name: &mut BTreeMap<String, Arc<CheckedPipeline>>)
         .map(|s| crate::secrets::sha256_hex(s.as_bytes()));
     let mut diagnostics = loaded.report.diagnostics;
     let mut checked = loaded.checked.map(Arc::new);
-    let name = checked.as_ref().map(|c| c.pipeline.name.clone());
-    if let Some(n) = &name {
+    let name = checked
+        .as_ref()
+        .map(|c| c.pipeline.name.clone())
+        .or_else(|| loaded.report.source.as_deref().and_then(declared_name));
+    if let (Some(n), Some(_)) = (&name, &checked) {
         if let Some(first) = by_name.get(n) {
             // Two files, one name: the API could not tell them apart.
             diagnostics.push(
@@ -137,6 +140,18 @@ fn load_entry(file: &Path, by_name: &mut BTreeMap<String, Arc<CheckedPipeline>>)
         source_sha256,
         checked,
         diagnostics,
+    }
+}
+
+/// The `name:` an invalid file declares, so that the API and the page can say which
+/// pipeline is broken (it is still never started).
+fn declared_name(source: &str) -> Option<String> {
+    use crate::pipeline::yaml::{self, NodeValue};
+    let tree = yaml::parse(source.as_bytes()).ok()?;
+    let text = source.strip_prefix('\u{feff}').unwrap_or(source);
+    match &tree.lookup("/name", text)?.value {
+        NodeValue::Str(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
     }
 }
 
