@@ -391,8 +391,8 @@ impl Manager {
         self.dispatch(&mut inner, &pipeline);
     }
 
-    /// The engine's report is the final word on every step (skipped and not-run steps
-    /// included), whatever events the recorder saw.
+    /// The engine's report closes the steps no event ended (those the run never
+    /// reached, those finished by an earlier process of a resumed run).
     fn record_report(&self, report: &RunReport) {
         for s in &report.steps {
             let outputs = serde_json::to_value(&s.outputs).unwrap_or(Value::Null);
@@ -403,6 +403,7 @@ impl Manager {
                 s.duration_ms.unwrap_or(0),
                 s.message.as_deref(),
                 &outputs,
+                true,
             ) {
                 tracing::warn!(run_id = report.run_id, "cannot record step {}: {e}", s.id);
             }
@@ -648,6 +649,7 @@ async fn record_events(
                     duration.as_millis() as u64,
                     message.as_deref(),
                     &serde_json::to_value(outputs).unwrap_or(Value::Null),
+                    false,
                 )
             }
             Event::Warning { message } => {

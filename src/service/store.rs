@@ -536,6 +536,9 @@ impl Store {
         Ok(())
     }
 
+    /// Records a step's end. With `only_open`, a step already recorded as ended is
+    /// left as it is (the run's final report after the step's own event).
+    #[allow(clippy::too_many_arguments)]
     pub fn step_finished(
         &self,
         run_id: &str,
@@ -544,11 +547,13 @@ impl Store {
         duration_ms: u64,
         message: Option<&str>,
         outputs: &Value,
+        only_open: bool,
     ) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE steps SET state = ?3, duration_ms = ?4, message = ?5, outputs = ?6,
                  finished_at = ?7
-             WHERE run_id = ?1 AND step = ?2",
+             WHERE run_id = ?1 AND step = ?2
+                 AND (NOT ?8 OR state IN ('waiting', 'running'))",
             params![
                 run_id,
                 step,
@@ -556,7 +561,8 @@ impl Store {
                 duration_ms as i64,
                 message,
                 json(outputs),
-                now()
+                now(),
+                only_open
             ],
         )?;
         Ok(())
