@@ -513,19 +513,44 @@ fn log_catalog(c: &Catalog) {
     }
 }
 
+/// Whether `path` is a file the catalog of `root` would load: `*.yaml`/`*.yml`, with no
+/// hidden directory on the way.
+fn is_pipeline_file(roots: &[PathBuf], path: &std::path::Path) -> bool {
+    // Below the root only (the root itself may well sit in a hidden directory); a path
+    // from elsewhere is judged by its file name.
+    let rel = roots
+        .iter()
+        .find_map(|r| path.strip_prefix(r).ok())
+        .or_else(|| path.file_name().map(std::path::Path::new))
+        .unwrap_or(path);
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    ) && !rel.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|s| s.starts_with('.') && s != "." && s != "..")
+    })
+}
+
 /// Reloads when files under the pipelines directory change (debounced).
 fn watch(service: &Arc<Service>, dir: PathBuf) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let roots: Vec<PathBuf> = [
+        Some(dir.clone()),
+        std::fs::canonicalize(&dir).ok(),
+        std::path::absolute(&dir).ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Only pipeline files matter: a journal or database written under the same
-        // directory must not reload the set.
+        // Only the files the catalog loads matter: not a journal's copy of a pipeline or
+        // a database written under the same directory (hidden entries are not walked).
         if let Ok(ev) = res
             && !matches!(ev.kind, notify::EventKind::Access(_))
-            && ev
-                .paths
-                .iter()
-                .any(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            && ev.paths.iter().any(|p| is_pipeline_file(&roots, p))
         {
             let _ = tx.send(());
         }
@@ -744,4 +769,20 @@ async fn serve(args: &ServeArgs, auth: AuthConfig) -> Exit {
         );
     }
     Exit::Success
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_files_the_catalog_loads_trigger_a_reload() {
+        let roots = vec![PathBuf::from("/tmp/.tmpX/pipelines")];
+        let yes = |p: &str| is_pipeline_file(&roots, std::path::Path::new(p));
+        assert!(yes("/tmp/.tmpX/pipelines/a.yaml"));
+        assert!(yes("/tmp/.tmpX/pipelines/sub/b.yml"));
+        assert!(!yes("/tmp/.tmpX/pipelines/.dwflow/runs/r1/pipeline.yaml"));
+        assert!(!yes("/tmp/.tmpX/pipelines/service.sqlite-wal"));
+        assert!(!yes("/tmp/.tmpX/pipelines/.a.yaml.swp"));
+    }
 }
