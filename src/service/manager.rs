@@ -106,6 +106,20 @@ pub struct Manager {
     me: Weak<Manager>,
     /// Set at shutdown: nothing new starts (queued runs wait for the next start).
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The history writer: runs' progress is written on a thread of its own, so that
+    /// disk writes never hold up the async runtime that serves the API and polls runs.
+    writer: std::sync::mpsc::Sender<Progress>,
+}
+
+/// What the history writer is sent.
+enum Progress {
+    Event {
+        run_id: Arc<str>,
+        pipeline: Arc<str>,
+        event: Event,
+    },
+    /// Answered once everything sent before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 fn masked_json(checked: &CheckedPipeline, params: &IndexMap<String, Value>) -> Value {
@@ -122,6 +136,16 @@ impl Manager {
         poll: PollPolicy,
         metrics: Arc<Metrics>,
     ) -> Arc<Manager> {
+        let (writer, progress) = std::sync::mpsc::channel();
+        {
+            let (store, metrics) = (Arc::clone(&store), Arc::clone(&metrics));
+            let spawned = std::thread::Builder::new()
+                .name("dwflow-history".into())
+                .spawn(move || write_progress(&store, &metrics, progress));
+            if let Err(e) = spawned {
+                tracing::error!("cannot start the history writer: {e}");
+            }
+        }
         Arc::new_cyclic(|me| Manager {
             store,
             backend,
@@ -132,6 +156,7 @@ impl Manager {
             inner: Mutex::new(Inner::default()),
             me: me.clone(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            writer,
         })
     }
 
@@ -342,14 +367,21 @@ impl Manager {
         cancel: CancellationToken,
     ) {
         let pipeline = request.checked.pipeline.name.clone();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let recorder = tokio::spawn(record_events(
-            Arc::clone(&self.store),
-            Arc::clone(&self.metrics),
-            run_id.clone(),
-            pipeline.clone(),
-            rx,
-        ));
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let forwarder = {
+            let writer = self.writer.clone();
+            let (run_id, pipeline): (Arc<str>, Arc<str>) =
+                (run_id.as_str().into(), pipeline.as_str().into());
+            tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    let _ = writer.send(Progress::Event {
+                        run_id: Arc::clone(&run_id),
+                        pipeline: Arc::clone(&pipeline),
+                        event,
+                    });
+                }
+            })
+        };
         let options = RunOptions {
             state_dir: self.state_dir.clone(),
             poll: self.poll.clone(),
@@ -369,7 +401,12 @@ impl Manager {
             resume,
         )
         .await;
-        let _ = recorder.await;
+        // Everything the run reported is in the history before its end is.
+        let _ = forwarder.await;
+        let (flushed, written) = tokio::sync::oneshot::channel();
+        if self.writer.send(Progress::Flush(flushed)).is_ok() {
+            let _ = written.await;
+        }
         let state = match result {
             Ok(report) => {
                 self.record_report(&report);
@@ -577,24 +614,30 @@ fn admission_text(a: Admission) -> &'static str {
     }
 }
 
-/// Writes a run's progress to the history as the engine reports it.
-async fn record_events(
-    store: Arc<Store>,
-    metrics: Arc<Metrics>,
-    run_id: String,
-    pipeline: String,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-) {
-    while let Some(event) = rx.recv().await {
+/// The history writer's loop: writes runs' progress as the engine reports it.
+fn write_progress(store: &Store, metrics: &Metrics, progress: std::sync::mpsc::Receiver<Progress>) {
+    for message in progress {
+        let (run_id, pipeline, event) = match message {
+            Progress::Event {
+                run_id,
+                pipeline,
+                event,
+            } => (run_id, pipeline, event),
+            Progress::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let (run_id, pipeline) = (&*run_id, &*pipeline);
         let r = match &event {
-            Event::RunStarted { .. } => store.set_run_started(&run_id),
+            Event::RunStarted { .. } => store.set_run_started(run_id),
             Event::Invoking {
                 instance,
                 attempt,
                 params,
                 ..
             } => store.attempt_invoking(
-                &run_id,
+                run_id,
                 &instance.step,
                 &instance.to_string(),
                 *attempt,
@@ -610,25 +653,25 @@ async fn record_events(
                 attempt,
                 remote_run_id,
             } => store.attempt_started(
-                &run_id,
+                run_id,
                 &instance.step,
                 &instance.to_string(),
                 *attempt,
                 remote_run_id,
             ),
             Event::StateChanged { instance, state } => {
-                store.attempt_state(&run_id, &instance.to_string(), state, None, false)
+                store.attempt_state(run_id, &instance.to_string(), state, None, false)
             }
             Event::Retrying {
                 instance, reason, ..
-            } => store.attempt_state(&run_id, &instance.to_string(), "failed", Some(reason), true),
+            } => store.attempt_state(run_id, &instance.to_string(), "failed", Some(reason), true),
             Event::InstanceFinished {
                 instance,
                 outcome,
                 message,
                 ..
             } => store.attempt_state(
-                &run_id,
+                run_id,
                 &instance.to_string(),
                 outcome.as_str(),
                 message.as_deref(),
@@ -641,9 +684,9 @@ async fn record_events(
                 message,
                 outputs,
             } => {
-                metrics.step_finished(&pipeline, outcome.as_str(), *duration);
+                metrics.step_finished(pipeline, outcome.as_str(), *duration);
                 store.step_finished(
-                    &run_id,
+                    run_id,
                     step,
                     outcome.as_str(),
                     duration.as_millis() as u64,
