@@ -165,6 +165,22 @@ fn git_commit(dir: &Path) -> Option<String> {
         .output()
         .ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
-    let text = text.trim();
-    (out.status.success() && !text.is_empty()).then(|| text.to_string())
+    let commit = text.trim();
+    if !out.status.success() || commit.is_empty() {
+        return None;
+    }
+    // A pipeline edited or added since that commit did not run as committed: say so.
+    let status = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["status", "--porcelain", "--", "."])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let dirty = status.status.success() && !status.stdout.is_empty();
+    Some(if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit.to_string()
+    })
 }
