@@ -39,7 +39,8 @@ pub enum SummaryFormat {
     Json,
 }
 
-fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+/// Parses a duration given on the command line (`10s`, `2m`).
+pub(crate) fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
     crate::duration::parse_duration(s)
         .ok_or_else(|| format!("`{s}` is not a duration (e.g. 10s, 2m)"))
 }

@@ -55,22 +55,10 @@ pub fn router(service: Shared) -> Router {
         .with_state(service)
 }
 
-/// Whether a `Host` (or `Origin` host) names this machine's loopback.
+/// Whether a `Host` (or `Origin` host) names this machine's loopback, by the same rule
+/// as the HTTP clients' loopback check.
 fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.chars().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        }),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    url::Url::parse(&format!("http://{host}/")).is_ok_and(|u| crate::backend::http::is_loopback(&u))
 }
 
 /// Guards against other web sites driving the API through a user's browser: a POST
@@ -447,4 +435,31 @@ async fn events(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
         })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:80",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "attacker.example",
+            "10.0.0.1:80",
+            "localhost.example.com",
+            "",
+            "a b",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
 }

@@ -55,10 +55,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub target: crate::target::TargetArgs,
     /// Longest interval between two status checks of a remote run, e.g. `10s`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    #[arg(long, default_value = "10s", value_parser = crate::runner::parse_duration_arg)]
     pub poll_cap: Duration,
     /// How often dataset triggers list the target's datasets.
-    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    #[arg(long, default_value = "30s", value_parser = crate::runner::parse_duration_arg)]
     pub dataset_poll: Duration,
     /// Environment variable holding the API bearer token.
     #[arg(long, default_value = "DWFLOW_API_TOKEN")]
@@ -73,11 +73,6 @@ pub struct ServeArgs {
     /// instead of leaving them to be resumed by the next start.
     #[arg(long)]
     pub cancel_on_shutdown: bool,
-}
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    crate::duration::parse_duration(s)
-        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 10s, 2m)"))
 }
 
 /// Everything the handlers and loops share.
